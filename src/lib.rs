@@ -1,0 +1,12 @@
+//! ferrymq: an MQTT 3.1.1/5.0 broker with a native Kafka producer.
+//!
+//! Modules:
+//! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
+//!
+//! The broker, Kafka bridge, spool and runtime seam arrive with their issues; see
+//! DESIGN.md in the shared folder for the data path they implement: a PUBLISH is read into
+//! a connection's buffer, decoded by [`protocol::Decoder`] into a packet whose topic and
+//! payload are slices of that buffer, routed by the shard that owns the session, and handed
+//! to Kafka without another copy.
+
+pub mod protocol;
