@@ -89,7 +89,11 @@ fn decode(hex: &[String], protocol: Option<Protocol>, from_server: bool) -> Exit
             return ExitCode::from(2);
         }
     };
-    let role = if from_server { Role::Client } else { Role::Server };
+    let role = if from_server {
+        Role::Client
+    } else {
+        Role::Server
+    };
     if role == Role::Client && protocol.is_none() {
         eprintln!("ferrymq decode: --from-server needs --protocol");
         return ExitCode::from(2);

@@ -97,6 +97,11 @@ impl Connect {
             } else {
                 WillProperties::default()
             };
+            // The will's Response Topic goes out unaltered in its PUBLISH [MQTT-3.3.2-15],
+            // so it must be a valid topic name there [MQTT-3.3.2-14].
+            if let Some(response_topic) = &properties.response_topic {
+                validate_topic_name(response_topic)?;
+            }
             let topic = reader.string("will topic")?;
             validate_topic_name(&topic)?;
             let payload = reader.binary("will payload")?;

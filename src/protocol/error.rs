@@ -28,8 +28,12 @@ pub enum DecodeError {
     FirstPacketNotConnect { packet: PacketType },
     /// Fixed header flag bits that the specification reserves [MQTT-2.1.3-1].
     InvalidHeaderFlags { packet: PacketType, flags: u8 },
-    /// QoS 3 in a PUBLISH, will or subscription [MQTT-3.3.1-4].
+    /// QoS 3 in a PUBLISH [MQTT-3.3.1-4], will [MQTT-3.1.2-12] or 3.1.1 subscription
+    /// [MQTT-3.8.3-4].
     InvalidQos { value: u8 },
+    /// Maximum QoS 3 in 5.0 subscription options: "It is a Protocol Error if the Maximum
+    /// QoS field has the value 3" (3.8.3.1).
+    InvalidMaximumQos,
     /// DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2].
     DupOnQos0,
     /// The packet ends before the field it must contain.
@@ -112,6 +116,7 @@ impl DecodeError {
             | ZeroPacketIdentifier
             | NoTopicFilters
             | InvalidRetainHandling
+            | InvalidMaximumQos
             | NoLocalOnSharedSubscription => ReasonCode::ProtocolError,
             // Cannot be parsed: framing, reserved bits, encodings, filter syntax (0x8F is
             // reserved for filters that are "correctly formed but not accepted").
@@ -163,6 +168,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "{packet:?} with reserved header flags 0b{flags:04b}")
             }
             InvalidQos { value } => write!(f, "invalid QoS {value}"),
+            InvalidMaximumQos => write!(f, "subscription maximum QoS 3"),
             DupOnQos0 => write!(f, "DUP flag set on a QoS 0 PUBLISH"),
             UnexpectedEnd { field } => write!(f, "packet ends inside {field}"),
             TrailingBytes { packet, count } => {

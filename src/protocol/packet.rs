@@ -351,10 +351,13 @@ fn check_type(
         _ => {}
     }
     let from_client = role == Role::Server;
-    if packet_type
-        .sent_by_client()
-        .is_some_and(|by_client| by_client != from_client)
-    {
+    let sent_by_client = match packet_type {
+        // Only 5.0 lets the server send DISCONNECT: 3.1.1 Table 2.1 has it client to
+        // server only.
+        PacketType::Disconnect if protocol.is_some_and(|p| !p.is_v5()) => Some(true),
+        other => other.sent_by_client(),
+    };
+    if sent_by_client.is_some_and(|by_client| by_client != from_client) {
         return Err(DecodeError::UnexpectedPacket {
             packet: packet_type,
         });

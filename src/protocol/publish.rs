@@ -63,6 +63,11 @@ impl Publish {
         if !(topic.is_empty() && properties.topic_alias.is_some()) {
             validate_topic_name(&topic)?;
         }
+        // The Response Topic is a topic name: "MUST NOT contain wildcard characters"
+        // [MQTT-3.3.2-14] and not empty [MQTT-4.7.3-1].
+        if let Some(response_topic) = &properties.response_topic {
+            validate_topic_name(response_topic)?;
+        }
         Ok(Publish {
             dup,
             qos,

@@ -54,8 +54,15 @@ impl SubscriptionOptions {
             // "It is a Protocol Error to send a Retain Handling value of 3".
             _ => return Err(DecodeError::InvalidRetainHandling),
         };
+        let qos = match QoS::from_bits(byte & 0b11) {
+            Ok(qos) => qos,
+            // 5.0: "It is a Protocol Error if the Maximum QoS field has the value 3"
+            // (3.8.3.1); 3.1.1 treats it as malformed [MQTT-3.8.3-4].
+            Err(_) if protocol.is_v5() => return Err(DecodeError::InvalidMaximumQos),
+            Err(error) => return Err(error),
+        };
         Ok(SubscriptionOptions {
-            qos: QoS::from_bits(byte & 0b11)?,
+            qos,
             no_local: byte & 0b0100 != 0,
             retain_as_published: byte & 0b1000 != 0,
             retain_handling,
