@@ -1,6 +1,8 @@
 //! ferrymq: an MQTT 3.1.1/5.0 broker with a native Kafka producer.
 //!
 //! Modules:
+//! - [`broker`]: the state a shard owns: the subscription tree and the retained messages.
+//! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
 //!
 //! The broker, Kafka bridge, spool and runtime seam arrive with their issues; see
@@ -9,4 +11,6 @@
 //! payload are slices of that buffer, routed by the shard that owns the session, and handed
 //! to Kafka without another copy.
 
+pub mod broker;
+pub mod config;
 pub mod protocol;

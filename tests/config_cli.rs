@@ -1,0 +1,233 @@
+//! `ferrymq::config::load` against TOML files on disk and command lines as clap parses them:
+//! defaults < `--config FILE` < flags, and the one-line errors an operator sees.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Parser;
+use ferrymq::config::{load, BrokerArgs, BrokerConfig, Config};
+
+/// The example configuration shown in README: every key, each with its default.
+const EXAMPLE: &str = r#"# ferrymq.toml: every key is optional; the values shown are the defaults.
+# Flags override the file: --listen ADDR (repeatable), --cores LIST, --connections-max N, ...
+
+[[listener]]                         # without any, the broker listens on 127.0.0.1:1883
+bind = "0.0.0.0:1883"
+
+[[listener]]
+bind = "[::1]:1883"
+
+[broker]
+# cores = "0-3,6"                    # or [0, 1, 2, 3, 6]; default: every CPU the process may use
+connections_max = 100000             # open connections, all listeners together
+packet_size_bytes_max = 1048576      # Maximum Packet Size; 16 ..= 268435460
+connect_timeout_ms = 10000           # time a new socket has to send CONNECT
+keep_alive_secs_max = 0              # 0 accepts the client's keep alive
+session_expiry_secs_max = 604800     # 7 days
+session_queue_messages_max = 1000    # QoS 1/2 messages kept per offline session
+outgoing_queue_messages_max = 1000   # messages queued per connected subscriber
+inflight_messages_max = 32           # outgoing QoS 1/2 awaiting ack, per client
+receive_maximum = 1024               # Receive Maximum; 1 ..= 65535
+topic_alias_maximum = 64             # Topic Alias Maximum; 0 disables aliases
+retain_available = true
+inter_shard_channel_capacity = 4096  # messages in flight per pair of shards
+sys_interval_secs = 10               # $SYS publish interval; 0 disables
+"#;
+
+/// The broker flags as the `ferrymq` command flattens them.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BrokerArgs,
+}
+
+/// A file in a directory of its own under the system temp dir, removed when dropped.
+struct TempFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn new(text: &str) -> TempFile {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ferrymq-config-cli-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let path = dir.join("ferrymq.toml");
+        std::fs::write(&path, text).expect("write config file");
+        TempFile { dir, path }
+    }
+
+    fn flag(&self) -> String {
+        self.path.to_str().expect("temp path is UTF-8").to_string()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn load_with(flags: &[&str]) -> Result<Config, String> {
+    let argv = std::iter::once("ferrymq").chain(flags.iter().copied());
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    load(&cli.args).map_err(|e| e.to_string())
+}
+
+fn binds(config: &Config) -> Vec<SocketAddr> {
+    config.listeners.iter().map(|l| l.bind).collect()
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+#[test]
+fn example_config_loads_with_the_defaults_it_shows() {
+    let file = TempFile::new(EXAMPLE);
+    let config = load_with(&["--config", &file.flag()]).expect("example loads");
+    assert_eq!(binds(&config), [addr("0.0.0.0:1883"), addr("[::1]:1883")]);
+    assert_eq!(config.broker, BrokerConfig::default());
+}
+
+#[test]
+fn no_file_and_no_flags_give_the_defaults() {
+    assert_eq!(load_with(&[]).expect("defaults"), Config::default());
+    assert_eq!(binds(&Config::default()), [addr("127.0.0.1:1883")]);
+}
+
+#[test]
+fn file_values_replace_defaults_and_flags_replace_file_values() {
+    let file = TempFile::new(
+        "[[listener]]\nbind = \"127.0.0.1:2883\"\n\n[broker]\ncores = [0]\n\
+         connections_max = 500\npacket_size_bytes_max = 4096\nsys_interval_secs = 0\n",
+    );
+    let from_file = load_with(&["--config", &file.flag()]).expect("file loads");
+    assert_eq!(binds(&from_file), [addr("127.0.0.1:2883")]);
+    assert_eq!(from_file.broker.cores, Some(vec![0]));
+    assert_eq!(from_file.broker.connections_max, 500);
+    assert_eq!(from_file.broker.packet_size_bytes_max, 4096);
+    assert_eq!(from_file.broker.sys_interval_secs, 0);
+    assert_eq!(from_file.broker.receive_maximum, 1024, "default kept");
+
+    let overridden = load_with(&[
+        "--config",
+        &file.flag(),
+        "--listen",
+        "127.0.0.1:3883",
+        "--listen",
+        "[::1]:3883",
+        "--cores",
+        "0-1",
+        "--connections-max",
+        "600",
+        "--receive-maximum",
+        "20",
+    ])
+    .expect("file and flags load");
+    assert_eq!(
+        binds(&overridden),
+        [addr("127.0.0.1:3883"), addr("[::1]:3883")]
+    );
+    assert_eq!(overridden.broker.cores, Some(vec![0, 1]));
+    assert_eq!(overridden.broker.connections_max, 600);
+    assert_eq!(overridden.broker.receive_maximum, 20);
+    assert_eq!(
+        overridden.broker.packet_size_bytes_max, 4096,
+        "file value kept"
+    );
+    assert_eq!(overridden.broker.sys_interval_secs, 0, "file value kept");
+}
+
+#[test]
+fn a_flag_can_repair_a_file_value_out_of_bounds() {
+    // Validation runs after the flags, so the value checked is the one the broker will use.
+    let file = TempFile::new("[broker]\npacket_size_bytes_max = 5\n");
+    let error = load_with(&["--config", &file.flag()]).unwrap_err();
+    assert_eq!(
+        error,
+        "broker.packet_size_bytes_max: 5 is below the minimum of 16"
+    );
+    let config = load_with(&["--config", &file.flag(), "--packet-size-bytes-max", "64"])
+        .expect("flag overrides the bad value");
+    assert_eq!(config.broker.packet_size_bytes_max, 64);
+}
+
+#[test]
+fn flag_values_are_validated_under_their_toml_key() {
+    let error = load_with(&["--receive-maximum", "0"]).unwrap_err();
+    assert_eq!(error, "broker.receive_maximum: 0 is below the minimum of 1");
+    let error =
+        load_with(&["--listen", "127.0.0.1:4000", "--listen", "127.0.0.1:4000"]).unwrap_err();
+    assert_eq!(
+        error,
+        "listener[1].bind: 127.0.0.1:4000 is already bound by listener[0]"
+    );
+}
+
+#[test]
+fn file_errors_name_file_line_and_key() {
+    let cases = [
+        (
+            "[broker]\nconnections_max = 10\nconections_max = 5\n",
+            ":3:1: broker.conections_max: unknown key `conections_max`, expected one of",
+        ),
+        (
+            "[[listener]]\nbind = \"0.0.0.0:1883\"\n[[listener]]\nbind = \"foo\"\n",
+            ":4:8: listener[1].bind: \"foo\" is not an IP address and port",
+        ),
+        (
+            "[broker]\nkeep_alive_secs_max = 65536\n",
+            ":2:23: broker.keep_alive_secs_max: invalid value: integer `65536`, expected u16",
+        ),
+        (
+            "[broker]\ncores = \"3-1\"\n",
+            ":2:9: broker.cores: range \"3-1\" in \"3-1\" runs backwards",
+        ),
+        ("[broker]\nconnections_max = \n", ":2:19: "),
+        (
+            "[auth]\npassword_file = \"/etc/ferrymq/passwd\"\n",
+            ":1:2: auth: unknown key `auth`, expected `listener` or `broker`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let file = TempFile::new(text);
+        let error = load_with(&["--config", &file.flag()]).unwrap_err();
+        let expected = format!("{}{expected}", file.path.display());
+        assert!(
+            error.starts_with(&expected),
+            "{error:?} should start {expected:?}"
+        );
+        assert!(!error.contains('\n'), "{error:?} is more than one line");
+    }
+}
+
+#[test]
+fn missing_file_is_named() {
+    let file = TempFile::new("");
+    let missing = file.dir.join("absent.toml");
+    let flag = missing.to_str().expect("UTF-8").to_string();
+    let error = load_with(&["--config", &flag]).unwrap_err();
+    assert!(
+        error.starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{error}"
+    );
+}
+
+#[test]
+fn malformed_flags_are_refused_before_load() {
+    for flags in [
+        &["--cores", "0-"][..],
+        &["--listen", "localhost"],
+        &["--inflight-messages-max", "-1"],
+        &["--retain-available"],
+        &["--no-such-flag", "1"],
+    ] {
+        assert!(load_with(flags).is_err(), "{flags:?} accepted");
+    }
+}
