@@ -887,6 +887,24 @@ static CASES: &[Case] = &[
         filter("empty topic filter"),
         MALFORMED,
     ),
+    case(
+        "second CONNECT on a connection",
+        "[MQTT-3.1.0-2]",
+        S4,
+        &[
+            0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+        ],
+        E::SecondConnect,
+        PROTOCOL_ERROR,
+    ),
+    case(
+        "PUBLISH from a client with a Subscription Identifier",
+        "[MQTT-3.3.4-6]",
+        S5,
+        &[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x0B, 0x01],
+        E::SubscriptionIdentifierFromClient,
+        PROTOCOL_ERROR,
+    ),
     // --- Packet identifiers [MQTT-2.2.1-3] (3.1.1 [MQTT-2.3.1-1]) -----------------------
     case(
         "QoS 1 PUBLISH with packet identifier 0",

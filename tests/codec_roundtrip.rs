@@ -641,7 +641,13 @@ fn auth() -> impl Strategy<Value = Auth> {
 /// Packets a client sends, CONNECT excepted.
 fn client_packet(protocol: Protocol) -> BoxedStrategy<Packet> {
     let mut arms = vec![
-        publish(protocol).prop_map(Packet::Publish).boxed(),
+        // Subscription Identifiers are added by the server only [MQTT-3.3.4-6].
+        publish(protocol)
+            .prop_map(|mut p| {
+                p.properties.subscription_identifiers.clear();
+                Packet::Publish(p)
+            })
+            .boxed(),
         puback(protocol).prop_map(Packet::PubAck).boxed(),
         pubrec(protocol).prop_map(Packet::PubRec).boxed(),
         pubrel(protocol).prop_map(Packet::PubRel).boxed(),
@@ -685,9 +691,15 @@ fn server_packet(protocol: Protocol) -> BoxedStrategy<Packet> {
 // ---------------------------------------------------------------------------------------
 
 /// The roles that decode `packet`: the server decodes what clients send (table 2.1).
-fn decoding_roles(packet: PacketType, protocol: Protocol) -> Vec<Role> {
+fn decoding_roles(packet: &Packet, protocol: Protocol) -> Vec<Role> {
     use PacketType::*;
-    match packet {
+    if let Packet::Publish(publish) = packet {
+        // Only a server adds Subscription Identifiers [MQTT-3.3.4-6].
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return vec![Role::Client];
+        }
+    }
+    match packet.packet_type() {
         Connect | Subscribe | Unsubscribe | PingReq => vec![Role::Server],
         ConnAck | SubAck | UnsubAck | PingResp => vec![Role::Client],
         Disconnect if !protocol.is_v5() => vec![Role::Server],
@@ -735,15 +747,17 @@ fn round_trip<T: Encode>(
     protocol: Protocol,
 ) -> Result<(), TestCaseError> {
     let encoded = encode_checked(typed, &packet, protocol)?;
-    for role in decoding_roles(packet.packet_type(), protocol) {
+    // A CONNECT is only ever decoded as a connection's first packet [MQTT-3.1.0-2].
+    let known_protocol = (packet.packet_type() != PacketType::Connect).then_some(protocol);
+    for role in decoding_roles(&packet, protocol) {
         let mut buf = encoded.clone();
         buf.extend_from_slice(&[0xC0]);
-        let decoded = decode_packet(&mut buf, role, Some(protocol), MAX);
+        let decoded = decode_packet(&mut buf, role, known_protocol, MAX);
         prop_assert_eq!(decoded, Ok(Some(packet.clone())), "{:?} decoding", role);
         prop_assert_eq!(&buf[..], &[0xC0][..], "consumed exactly encoded_len bytes");
     }
     // The same through a connection's decoder (a CONNECT only as its first packet).
-    let mut decoder = match decoding_roles(packet.packet_type(), protocol)[0] {
+    let mut decoder = match decoding_roles(&packet, protocol)[0] {
         Role::Server if packet.packet_type() == PacketType::Connect => Decoder::server(MAX),
         Role::Server => connected_server(protocol),
         Role::Client => Decoder::client(protocol, MAX),

@@ -37,13 +37,18 @@ impl ConnAck {
             return Err(DecodeError::ConnAckReservedFlags { flags: ack_flags });
         }
         let code = reader.u8("connect reason code")?;
+        // [MQTT-3.2.2-4]/[MQTT-3.2.2-6]: a refused connection has no session, and a server
+        // MUST send Session Present 0 with it. Read it as 0 whatever the server sent, as
+        // `encode_body` writes it, so that the refusal reason is what the client sees.
+        let session_present =
+            |reason_code: ReasonCode| ack_flags & 1 != 0 && !reason_code.is_error();
         let invalid = DecodeError::InvalidReasonCode {
             packet: PacketType::ConnAck,
             code,
         };
         if !protocol.is_v5() {
             let reason_code = ReasonCode::from_v3_connect_return_code(code).ok_or(invalid)?;
-            return Ok(ConnAck::new(ack_flags & 1 != 0, reason_code));
+            return Ok(ConnAck::new(session_present(reason_code), reason_code));
         }
         let reason_code = ReasonCode::from_u8(code)
             .filter(|c| c.is_valid_for(PacketType::ConnAck))
@@ -54,7 +59,7 @@ impl ConnAck {
             &properties.authentication_data,
         )?;
         Ok(ConnAck {
-            session_present: ack_flags & 1 != 0,
+            session_present: session_present(reason_code),
             reason_code,
             properties,
         })

@@ -24,6 +24,10 @@ pub enum DecodeError {
     ReservedPacketType { type_bits: u8 },
     /// A packet that only the other side may send (a CONNACK received by a server, ...).
     UnexpectedPacket { packet: PacketType },
+    /// A second CONNECT on one connection [MQTT-3.1.0-2].
+    SecondConnect,
+    /// A PUBLISH from a client carrying a Subscription Identifier [MQTT-3.3.4-6].
+    SubscriptionIdentifierFromClient,
     /// The first packet on a connection was not CONNECT [MQTT-3.1.0-1].
     FirstPacketNotConnect { packet: PacketType },
     /// Fixed header flag bits that the specification reserves [MQTT-2.1.3-1].
@@ -107,6 +111,8 @@ impl DecodeError {
             // Found after parsing: data the protocol does not allow here.
             UnexpectedPacket { .. }
             | FirstPacketNotConnect { .. }
+            | SecondConnect
+            | SubscriptionIdentifierFromClient
             | PropertyNotAllowed { .. }
             | DuplicateProperty { .. }
             | InvalidPropertyValue { .. }
@@ -161,6 +167,10 @@ impl fmt::Display for DecodeError {
             ),
             ReservedPacketType { type_bits } => write!(f, "reserved packet type {type_bits}"),
             UnexpectedPacket { packet } => write!(f, "{packet:?} is not sent in this direction"),
+            SecondConnect => write!(f, "second CONNECT on one connection"),
+            SubscriptionIdentifierFromClient => {
+                write!(f, "subscription identifier in a PUBLISH from a client")
+            }
             FirstPacketNotConnect { packet } => {
                 write!(f, "first packet must be CONNECT, got {packet:?}")
             }

@@ -309,7 +309,8 @@ pub fn parse_fixed_header(
 ///
 /// `Ok(None)`: `buf` holds less than a whole packet and is left untouched. `Ok(Some(_))`:
 /// the packet's bytes were split off `buf` (no copy) and the packet refers into them.
-/// `protocol` is `None` on a server before CONNECT: then only a CONNECT is accepted.
+/// `protocol` is `None` on a server before CONNECT: then only a CONNECT is accepted; once
+/// it is known, another CONNECT is a protocol error [MQTT-3.1.0-2].
 pub fn decode_packet(
     buf: &mut BytesMut,
     role: Role,
@@ -322,12 +323,15 @@ pub fn decode_packet(
     // Check the type before waiting for the body: a peer speaking another protocol is
     // refused at once instead of after megabytes.
     let packet_type = check_type(header.first_byte, role, protocol)?;
+    if packet_type == PacketType::Connect && protocol.is_some() {
+        return Err(DecodeError::SecondConnect);
+    }
     if buf.len() < header.packet_len() {
         return Ok(None);
     }
     let mut frame = buf.split_to(header.packet_len());
     let body = frame.split_off(header.header_len).freeze();
-    decode_body(packet_type, header.first_byte & 0x0F, body, protocol).map(Some)
+    decode_body(packet_type, header.first_byte & 0x0F, body, role, protocol).map(Some)
 }
 
 fn check_type(
@@ -376,6 +380,7 @@ fn decode_body(
     packet_type: PacketType,
     flags: u8,
     body: Bytes,
+    role: Role,
     protocol: Option<Protocol>,
 ) -> Result<Packet, DecodeError> {
     let mut reader = Reader::new(body);
@@ -393,7 +398,14 @@ fn decode_body(
     let packet = match packet_type {
         PacketType::Connect => unreachable!("handled above"),
         PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::decode(reader, protocol)?)),
-        PacketType::Publish => Packet::Publish(Publish::decode(reader, flags, protocol)?),
+        PacketType::Publish => {
+            let publish = Publish::decode(reader, flags, protocol)?;
+            // Subscription Identifiers are the server's to add [MQTT-3.3.4-6].
+            if role == Role::Server && !publish.properties.subscription_identifiers.is_empty() {
+                return Err(DecodeError::SubscriptionIdentifierFromClient);
+            }
+            Packet::Publish(publish)
+        }
         PacketType::PubAck => Packet::PubAck(PubAck::decode(reader, protocol)?),
         PacketType::PubRec => Packet::PubRec(PubRec::decode(reader, protocol)?),
         PacketType::PubRel => Packet::PubRel(PubRel::decode(reader, protocol)?),
