@@ -1,9 +1,10 @@
 //! ferrymq: an MQTT 3.1.1/5.0 broker with a native Kafka producer.
 //!
 //! Modules:
-//! - [`broker`]: the state a shard owns: the subscription tree and the retained messages.
+//! - [`broker`]: the MQTT broker: shards, sessions, routing, retained messages, wills.
 //! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
+//! - [`runtime`]: the seam over glommio: pinned executors, shard channels, timers, TCP.
 //!
 //! The broker, Kafka bridge, spool and runtime seam arrive with their issues; see
 //! DESIGN.md in the shared folder for the data path they implement: a PUBLISH is read into
@@ -14,3 +15,4 @@
 pub mod broker;
 pub mod config;
 pub mod protocol;
+pub mod runtime;

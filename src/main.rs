@@ -1,11 +1,12 @@
-//! The `ferrymq` command. The broker itself arrives with the broker issue; today the binary
-//! offers the codec as a diagnostic tool: `ferrymq decode` turns captured bytes into
-//! packets, or into the error and reason code the broker will answer with.
+//! The `ferrymq` command: without a subcommand it runs the broker (defaults, then
+//! `--config FILE`, then flags); `ferrymq decode` turns captured bytes into packets, or into
+//! the error and reason code the broker answers with.
 
 use std::process::ExitCode;
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand, ValueEnum};
+use ferrymq::config::{self, BrokerArgs};
 use ferrymq::protocol::{decode_packet, Protocol, Role, PACKET_SIZE_BYTES_MAX};
 
 #[global_allocator]
@@ -15,12 +16,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "ferrymq",
     version,
-    about = "An MQTT 3.1.1/5.0 broker with a native Kafka producer (broker not built yet: \
-             this version ships the MQTT codec and its tools)"
+    about = "An MQTT 3.1.1/5.0 broker, thread-per-core. Without a command it runs the broker: \
+             with no options, an anonymous broker on 127.0.0.1:1883.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(flatten)]
+    broker: BrokerArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -121,13 +125,31 @@ fn decode(hex: &[String], protocol: Option<Protocol>, from_server: bool) -> Exit
     }
 }
 
+fn run_broker(args: &BrokerArgs) -> ExitCode {
+    let config = match config::load(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ferrymq: config error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match ferrymq::broker::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ferrymq: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Decode {
+        None => run_broker(&cli.broker),
+        Some(Command::Decode {
             hex,
             protocol,
             from_server,
-        } => decode(&hex, protocol.map(Protocol::from), from_server),
+        }) => decode(&hex, protocol.map(Protocol::from), from_server),
     }
 }

@@ -26,6 +26,15 @@ impl Decoder {
         }
     }
 
+    /// For a server whose connection's CONNECT of `protocol` was decoded elsewhere (on the
+    /// shard that accepted the connection before handing it over).
+    pub fn server_connected(protocol: Protocol, max_packet_size_bytes: u32) -> Decoder {
+        Decoder {
+            protocol: Some(protocol),
+            ..Decoder::server(max_packet_size_bytes)
+        }
+    }
+
     /// For a client that has sent a CONNECT of `protocol`.
     pub fn client(protocol: Protocol, max_packet_size_bytes: u32) -> Decoder {
         Decoder {

@@ -1,0 +1,222 @@
+//! From accept to a served connection: read the CONNECT within the connect timeout, refuse
+//! what the specification says to refuse, then serve the client on the shard that owns its
+//! client id, handing the socket over if that is another shard.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::AsyncWriteExt;
+
+use crate::protocol::{
+    ConnAck, Connect, DecodeError, Decoder, Encode, Packet, Protocol, ReasonCode,
+    PACKET_SIZE_BYTES_MAX,
+};
+use crate::runtime::{self, TcpListener, TcpStream};
+
+use super::connection::{write_loop, Connection};
+use super::link::{read_more, Link, READ_CHUNK_BYTES};
+use super::router;
+use super::shard::{shard_for, ShardRef};
+use super::shard_message::ShardMessage;
+use super::stats::ShardStats;
+
+/// Pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_RETRY_MS: u64 = 10;
+
+pub async fn accept_loop(shard: ShardRef, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(_) => {
+                runtime::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        if shard.shutting_down.load(Ordering::Relaxed) {
+            continue;
+        }
+        let open = shard.connections_open.fetch_add(1, Ordering::Relaxed);
+        if open >= shard.config.connections_max {
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            continue; // dropping the stream closes it
+        }
+        ShardStats::incr(&shard.stats.connections_accepted);
+        let _ = stream.set_nodelay(true);
+        runtime::spawn(handle_accepted(shard.clone(), stream));
+    }
+}
+
+/// The protocol level byte of a CONNECT at the start of `buf`, if enough has arrived.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    let header = crate::protocol::parse_fixed_header(buf, PACKET_SIZE_BYTES_MAX).ok()??;
+    let name_at = header.header_len;
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(name_at)?,
+        *buf.get(name_at + 1)?,
+    ]));
+    buf.get(name_at + 2 + name_len).copied()
+}
+
+enum ConnectFailure {
+    Closed,
+    Invalid {
+        error: DecodeError,
+        level: Option<u8>,
+    },
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Box<Connect>, ConnectFailure> {
+    loop {
+        let level = connect_level(buf);
+        match decoder.decode(buf) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => unreachable!("a fresh server decoder only yields CONNECT"),
+            Ok(None) => {}
+            Err(error) => return Err(ConnectFailure::Invalid { error, level }),
+        }
+        match read_more(stream, buf).await {
+            Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends a refusing CONNACK and closes. 3.1.1 only has return codes for some cases; for
+/// the others the connection is just closed [MQTT-3.2.2-?], [MQTT-4.8.0-1].
+async fn refuse(mut stream: TcpStream, protocol: Protocol, reason: ReasonCode) {
+    let v3_has_code = matches!(
+        reason,
+        ReasonCode::UnsupportedProtocolVersion
+            | ReasonCode::ClientIdentifierNotValid
+            | ReasonCode::BadUserNameOrPassword
+            | ReasonCode::NotAuthorized
+            | ReasonCode::ServerUnavailable
+    );
+    if protocol.is_v5() || v3_has_code {
+        let mut buf = BytesMut::new();
+        ConnAck::new(false, reason).encode(protocol, &mut buf);
+        let _ = stream.write_all(&buf).await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+}
+
+async fn handle_accepted(shard: ShardRef, mut stream: TcpStream) {
+    let config = shard.config.clone();
+    let mut decoder = Decoder::server(config.packet_size_bytes_max);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let deadline = Duration::from_millis(config.connect_timeout_ms);
+    let read = runtime::timeout(deadline, read_connect(&mut stream, &mut decoder, &mut buf)).await;
+    let mut connect = match read {
+        // No CONNECT in time, or the peer left: close without a word.
+        None | Some(Err(ConnectFailure::Closed)) => {
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        Some(Err(ConnectFailure::Invalid { error, level })) => {
+            ShardStats::incr(&shard.stats.protocol_errors);
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            // Answer in the version the client asked for; an unknown version gets the 3.1.1
+            // form, which every version can read (0x01 unacceptable protocol version).
+            let protocol = if level == Some(5) {
+                Protocol::V5
+            } else {
+                Protocol::V3_1_1
+            };
+            refuse(stream, protocol, error.reason_code()).await;
+            return;
+        }
+        Some(Ok(connect)) => connect,
+    };
+    let protocol = connect.protocol;
+    let mut assigned_client_id = false;
+    if connect.client_id.is_empty() {
+        // 3.1 requires an id; 3.1.1 accepts none only with Clean Session [MQTT-3.1.3-8].
+        if protocol == Protocol::V3_1 || (protocol == Protocol::V3_1_1 && !connect.clean_start) {
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            refuse(stream, protocol, ReasonCode::ClientIdentifierNotValid).await;
+            return;
+        }
+        connect.client_id = shard.state.borrow_mut().assign_client_id();
+        assigned_client_id = true;
+    }
+    if connect.properties.authentication_method.is_some() {
+        // Enhanced authentication is not offered [MQTT-4.12.0-1].
+        shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        refuse(stream, protocol, ReasonCode::BadAuthenticationMethod).await;
+        return;
+    }
+    let owner = shard_for(connect.client_id.as_bytes(), shard.count);
+    if owner == shard.id {
+        serve(shard, stream, connect, buf, assigned_client_id).await;
+        return;
+    }
+    ShardStats::incr(&shard.stats.connections_handed_off);
+    match runtime::detach_stream(stream) {
+        Ok(fd) => {
+            let handoff = ShardMessage::Handoff {
+                fd,
+                connect,
+                buffered: buf,
+                assigned_client_id,
+            };
+            let _ = shard.senders.send(owner, handoff).await;
+        }
+        Err(_) => {
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves a client whose session this shard owns, from its CONNECT to the end.
+pub async fn serve(
+    shard: ShardRef,
+    stream: TcpStream,
+    mut connect: Box<Connect>,
+    mut buf: BytesMut,
+    assigned_client_id: bool,
+) {
+    let protocol = connect.protocol;
+    let mut stream = stream;
+    let writer = match runtime::clone_stream(&stream) {
+        Ok(writer) => writer,
+        Err(_) => {
+            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let client_packet_size_max = connect
+        .properties
+        .maximum_packet_size_bytes
+        .unwrap_or(PACKET_SIZE_BYTES_MAX);
+    let connection_id = shard.state.borrow_mut().next_connection_id();
+    let connection = Rc::new(Connection::new(
+        connection_id,
+        protocol,
+        client_packet_size_max,
+    ));
+    let client_id = connect.client_id.clone();
+    let keep_alive_secs = connect.keep_alive_secs;
+    let now = Instant::now();
+    let opened = shard.state.borrow_mut().open_session(
+        &mut connect,
+        connection.clone(),
+        assigned_client_id,
+        now,
+    );
+    connection.send(Packet::ConnAck(Box::new(opened.connack)));
+    runtime::spawn(write_loop(connection.clone(), writer, shard.stats.clone()));
+    shard.state.borrow_mut().resume_session(&client_id, now);
+    if let Some(will) = opened.will_to_publish {
+        router::publish(&shard, will).await;
+    }
+    let mut decoder = Decoder::server_connected(protocol, shard.config.packet_size_bytes_max);
+    let mut link = Link::new(shard, connection, client_id, protocol, keep_alive_secs);
+    let exit = link.run(&mut stream, &mut decoder, &mut buf).await;
+    link.finish(exit).await;
+}

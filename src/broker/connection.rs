@@ -1,0 +1,136 @@
+//! One client's network connection on its owner shard: the outgoing packet queue and the
+//! writer task that drains it. The reader side is in `link.rs`; sessions and routing never
+//! touch the socket, they only queue packets here.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::AsyncWriteExt;
+
+use crate::protocol::{Disconnect, Packet, Protocol, ReasonCode};
+use crate::runtime::{Signal, TcpStream};
+
+use super::stats::ShardStats;
+
+/// Bytes encoded before the writer hands them to the socket in one write.
+const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
+
+pub type ConnectionId = u64;
+
+pub struct Connection {
+    pub id: ConnectionId,
+    pub protocol: Protocol,
+    /// The client's Maximum Packet Size: larger packets are dropped, not sent
+    /// [MQTT-3.1.2-24].
+    pub packet_size_bytes_max: u32,
+    queue: RefCell<VecDeque<Packet>>,
+    wake: Signal,
+    closing: Cell<bool>,
+}
+
+impl Connection {
+    pub fn new(id: ConnectionId, protocol: Protocol, packet_size_bytes_max: u32) -> Connection {
+        Connection {
+            id,
+            protocol,
+            packet_size_bytes_max,
+            queue: RefCell::new(VecDeque::new()),
+            wake: Signal::new(),
+            closing: Cell::new(false),
+        }
+    }
+
+    /// Queues a packet for the writer. Callers bound what they queue: acknowledgements
+    /// by the client's in-flight window, QoS 0 by `queued_len`, QoS 1/2 by the session's
+    /// in-flight window.
+    pub fn send(&self, packet: Packet) {
+        if self.closing.get() {
+            return;
+        }
+        self.queue.borrow_mut().push_back(packet);
+        self.wake.notify();
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Flushes what is queued, then (5.0 only, when a reason is given) a DISCONNECT with
+    /// `reason`, then closes the socket; the reader then sees the end of the stream.
+    pub fn close(&self, reason: Option<ReasonCode>) {
+        if self.closing.get() {
+            return;
+        }
+        if let (Some(reason), true) = (reason, self.protocol.is_v5()) {
+            self.queue
+                .borrow_mut()
+                .push_back(Packet::Disconnect(Disconnect::new(reason)));
+        }
+        self.closing.set(true);
+        self.wake.notify();
+    }
+
+    fn take_queue(&self, into: &mut VecDeque<Packet>) {
+        std::mem::swap(&mut *self.queue.borrow_mut(), into);
+    }
+}
+
+/// Drains the connection's queue into the socket, many packets per write, until the
+/// connection closes.
+pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats: Rc<ShardStats>) {
+    let mut batch = VecDeque::new();
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES_MAX);
+    'outer: while connection.wake.wait().await {
+        loop {
+            connection.take_queue(&mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            for packet in batch.drain(..) {
+                let len = packet.encoded_len(connection.protocol);
+                if len > connection.packet_size_bytes_max as usize {
+                    // [MQTT-3.1.2-25]: discard, and behave as if it had been sent.
+                    stats
+                        .dropped_too_large
+                        .set(stats.dropped_too_large.get() + 1);
+                    continue;
+                }
+                if matches!(packet, Packet::Publish(_)) {
+                    stats.messages_sent.set(stats.messages_sent.get() + 1);
+                }
+                packet.encode(connection.protocol, &mut buf);
+                if buf.len() >= WRITE_BATCH_BYTES_MAX {
+                    if stream.write_all(&buf).await.is_err() {
+                        break 'outer;
+                    }
+                    stats
+                        .bytes_sent
+                        .set(stats.bytes_sent.get() + buf.len() as u64);
+                    buf.clear();
+                }
+            }
+            if !buf.is_empty() {
+                if stream.write_all(&buf).await.is_err() {
+                    break 'outer;
+                }
+                stats
+                    .bytes_sent
+                    .set(stats.bytes_sent.get() + buf.len() as u64);
+                buf.clear();
+            }
+        }
+        if connection.closing.get() {
+            break;
+        }
+    }
+    connection.closing.set(true);
+    connection.wake.close();
+    // Ends the reader's pending read too: both handles share this socket.
+    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+}

@@ -1,0 +1,280 @@
+//! The reading side of a client connection on its owner shard: one task per connection
+//! reads the socket, decodes, and dispatches each packet to its handler (`publish.rs`,
+//! `subscribe.rs`, acknowledgements here). The shard state is borrowed only inside a
+//! handler's synchronous part, never across an await.
+
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::AsyncReadExt;
+
+use crate::protocol::{
+    Decoder, Disconnect, MqttStr, Packet, Protocol, PubComp, PubRel, ReasonCode,
+};
+use crate::runtime::{self, TcpStream};
+
+use super::connection::Connection;
+use super::router;
+use super::shard::{granted_keep_alive, ShardRef};
+use super::stats::ShardStats;
+
+/// Bytes asked of the socket per read. A read returns what has arrived, up to this.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Packets handled before the task yields to the shard's other connections, so one busy
+/// publisher cannot hold the core (STYLE: bounded work per loop turn).
+const PACKETS_PER_TURN_MAX: usize = 256;
+
+/// Reads what the socket has into `buf` (after what it holds). `Ok(0)` at end of stream.
+pub async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let filled = buf.len();
+    buf.resize(filled + READ_CHUNK_BYTES, 0);
+    let result = stream.read(&mut buf[filled..]).await;
+    let read = *result.as_ref().unwrap_or(&0);
+    buf.truncate(filled + read);
+    result
+}
+
+/// Why a connection's read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The client sent DISCONNECT; 5.0 reason 0x04 asks for the will anyway.
+    Disconnected { publish_will: bool },
+    /// A malformed packet or protocol error: close, with DISCONNECT and this code in 5.0.
+    ProtocolError(ReasonCode),
+    /// Nothing received for 1.5 × keep alive [MQTT-3.1.2-22].
+    KeepAliveTimeout,
+    /// The socket closed or failed, or the server closed it (take-over, shutdown).
+    ConnectionLost,
+}
+
+pub struct Link {
+    pub shard: ShardRef,
+    pub connection: Rc<Connection>,
+    pub client_id: MqttStr,
+    pub protocol: Protocol,
+    /// Topic aliases this client set on this connection [MQTT-3.3.2-10].
+    pub topic_aliases: HashMap<u16, MqttStr>,
+    pub keep_alive_secs: u16,
+}
+
+impl Link {
+    pub fn new(
+        shard: ShardRef,
+        connection: Rc<Connection>,
+        client_id: MqttStr,
+        protocol: Protocol,
+        requested_keep_alive_secs: u16,
+    ) -> Link {
+        let keep_alive_secs = granted_keep_alive(requested_keep_alive_secs, &shard.config)
+            .unwrap_or(requested_keep_alive_secs);
+        Link {
+            shard,
+            connection,
+            client_id,
+            protocol,
+            topic_aliases: HashMap::new(),
+            keep_alive_secs,
+        }
+    }
+
+    /// Reads and handles packets until the connection ends.
+    pub async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        decoder: &mut Decoder,
+        buf: &mut BytesMut,
+    ) -> Exit {
+        // 1.5 times the keep alive [MQTT-3.1.2-22]; 0 means no keep alive.
+        let idle_limit = (self.keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(self.keep_alive_secs) * 1500));
+        loop {
+            let mut handled = 0;
+            loop {
+                match decoder.decode(buf) {
+                    Ok(Some(packet)) => {
+                        if let Err(exit) = self.handle(packet).await {
+                            return exit;
+                        }
+                        handled += 1;
+                        if handled % PACKETS_PER_TURN_MAX == 0 {
+                            runtime::yield_now().await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return Exit::ProtocolError(error.reason_code()),
+                }
+            }
+            if self.connection.is_closing() {
+                return Exit::ConnectionLost;
+            }
+            let read = match idle_limit {
+                Some(limit) => runtime::timeout(limit, read_more(stream, buf)).await,
+                None => Some(read_more(stream, buf).await),
+            };
+            match read {
+                None => return Exit::KeepAliveTimeout,
+                Some(Ok(0)) | Some(Err(_)) => return Exit::ConnectionLost,
+                Some(Ok(read)) => {
+                    let stats = &self.shard.stats;
+                    stats
+                        .bytes_received
+                        .set(stats.bytes_received.get() + read as u64);
+                }
+            }
+        }
+    }
+
+    /// The one dispatch from packet type to handler.
+    async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        let now = Instant::now();
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(ack) => {
+                self.shard
+                    .state
+                    .borrow_mut()
+                    .on_puback(&self.client_id, ack.packet_id, now);
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                let known = self.shard.state.borrow_mut().on_pubrec(
+                    &self.client_id,
+                    rec.packet_id,
+                    rec.reason_code,
+                    now,
+                );
+                if known {
+                    self.connection
+                        .send(Packet::PubRel(PubRel::new(rec.packet_id)));
+                } else if !rec.reason_code.is_error() {
+                    // Unknown id: still answer so the client can finish [MQTT-4.3.3-?].
+                    let reason = if self.protocol.is_v5() {
+                        ReasonCode::PacketIdentifierNotFound
+                    } else {
+                        ReasonCode::Success
+                    };
+                    self.connection
+                        .send(Packet::PubRel(PubRel::with_reason(rec.packet_id, reason)));
+                }
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let known = self
+                    .shard
+                    .state
+                    .borrow_mut()
+                    .session(&self.client_id)
+                    .is_some_and(|s| s.inbound_qos2.remove(&rel.packet_id));
+                let reason = if known || !self.protocol.is_v5() {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.connection
+                    .send(Packet::PubComp(PubComp::with_reason(rel.packet_id, reason)));
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.shard
+                    .state
+                    .borrow_mut()
+                    .on_pubcomp(&self.client_id, comp.packet_id, now);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.on_subscribe(subscribe).await;
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(unsubscribe).await;
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.connection.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
+            // No Authentication Method was agreed in CONNECT (we refuse those), so any AUTH
+            // is a Protocol Error [MQTT-4.12.0-?].
+            Packet::Auth(_) => Err(Exit::ProtocolError(ReasonCode::ProtocolError)),
+            // The decoder lets only client packets through and refuses a second CONNECT.
+            other => unreachable!("decoder passed a {:?} to the server", other.packet_type()),
+        }
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect) -> Exit {
+        if let Some(secs) = disconnect.properties.session_expiry_interval_secs {
+            let mut state = self.shard.state.borrow_mut();
+            // "If the Session Expiry Interval in the CONNECT packet was zero, then it is a
+            // Protocol Error to set a non-zero Session Expiry Interval in the DISCONNECT
+            // packet sent by the Client" (3.14.2.2.2).
+            if state.session_expiry(&self.client_id) == 0 && secs != 0 {
+                return Exit::ProtocolError(ReasonCode::ProtocolError);
+            }
+            state.set_session_expiry(&self.client_id, secs);
+        }
+        Exit::Disconnected {
+            publish_will: disconnect.reason_code == ReasonCode::DisconnectWithWillMessage,
+        }
+    }
+
+    /// Closes the connection as `exit` says and settles the session: will, expiry, and
+    /// the interest of other shards.
+    pub async fn finish(self, exit: Exit) {
+        let stats = &self.shard.stats;
+        match exit {
+            Exit::ProtocolError(reason) => {
+                ShardStats::incr(&stats.protocol_errors);
+                self.connection.close(Some(reason));
+            }
+            Exit::KeepAliveTimeout => self.connection.close(Some(ReasonCode::KeepAliveTimeout)),
+            Exit::Disconnected { .. } | Exit::ConnectionLost => self.connection.close(None),
+        }
+        let publish_will = !matches!(
+            exit,
+            Exit::Disconnected {
+                publish_will: false
+            }
+        );
+        let closed = self.shard.state.borrow_mut().close_connection(
+            &self.client_id,
+            self.connection.id,
+            publish_will,
+            Instant::now(),
+        );
+        self.shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        router::announce_interest(&self.shard, closed.interest_changes, false).await;
+        if let Some(will) = closed.will_now {
+            router::publish(&self.shard, will).await;
+        }
+        if let Some((delay, will)) = closed.will_later {
+            let shard = self.shard.clone();
+            let client_id = self.client_id.clone();
+            let generation = closed.generation;
+            runtime::spawn(async move {
+                runtime::sleep(delay).await;
+                let due = shard.state.borrow().will_still_due(&client_id, generation);
+                if due {
+                    router::publish(&shard, will).await;
+                }
+            });
+        }
+        if let Some(after) = closed.expire_after {
+            let shard = self.shard.clone();
+            let client_id = self.client_id.clone();
+            let generation = closed.generation;
+            runtime::spawn(async move {
+                runtime::sleep(after).await;
+                let changes = shard
+                    .state
+                    .borrow_mut()
+                    .expire_session(&client_id, generation);
+                router::announce_interest(&shard, changes, false).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Sending a message on its way: local delivery through the shard state, then the other
+//! shards through their bounded channels. Awaiting a full channel is the backpressure that
+//! stops the publishing connection's reads.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::message::Message;
+use super::shard::{InterestChange, ShardRef};
+use super::shard_message::ShardMessage;
+use crate::runtime::Signal;
+
+/// Routes `message`, published by a client of this shard (or as a will, or `$SYS`).
+pub async fn publish(shard: &ShardRef, message: Message) {
+    let message = Rc::new(message);
+    let now = Instant::now();
+    let targets = {
+        let mut state = shard.state.borrow_mut();
+        if message.retain {
+            state.set_retained(&message);
+        }
+        state.route(&message, now)
+    };
+    if message.retain {
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let _ = shard
+                .senders
+                .send(other, ShardMessage::Retained((*message).clone()))
+                .await;
+        }
+    }
+    for target in targets.shards {
+        let _ = shard
+            .senders
+            .send(target, ShardMessage::Publish((*message).clone()))
+            .await;
+    }
+    for (target, group) in targets.shared {
+        let message = (*message).clone();
+        let _ = shard
+            .senders
+            .send(target, ShardMessage::SharedPublish { group, message })
+            .await;
+    }
+}
+
+/// Tells every other shard about interest changes; with `wait`, returns once each has
+/// applied them, so that a SUBACK sent afterwards means "routed from everywhere".
+pub async fn announce_interest(shard: &ShardRef, changes: Vec<InterestChange>, wait: bool) {
+    if shard.count == 1 || changes.is_empty() {
+        return;
+    }
+    let others = shard.count - 1;
+    for change in changes {
+        let ack = if wait {
+            let id = shard.next_ack_id.get();
+            shard.next_ack_id.set(id + 1);
+            let signal = Rc::new(Signal::new());
+            shard
+                .interest_acks
+                .borrow_mut()
+                .insert(id, (others, signal.clone()));
+            Some((id, signal))
+        } else {
+            None
+        };
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let message = ShardMessage::Interest {
+                from: shard.id,
+                filter: change.filter.clone(),
+                added: change.added,
+                ack_id: ack.as_ref().map(|(id, _)| *id),
+            };
+            let _ = shard.senders.send(other, message).await;
+        }
+        if let Some((_, signal)) = ack {
+            signal.wait().await;
+        }
+    }
+}
+
+/// An `InterestAck` arrived.
+pub fn interest_acked(shard: &ShardRef, ack_id: u64) {
+    let mut acks = shard.interest_acks.borrow_mut();
+    if let Some((remaining, signal)) = acks.get_mut(&ack_id) {
+        *remaining -= 1;
+        if *remaining == 0 {
+            signal.notify();
+            acks.remove(&ack_id);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! A client's session (section 4.1): subscriptions, QoS 1/2 state in both directions and
+//! the messages queued for it, kept by the shard that owns its client id, connected or not.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::protocol::{MqttStr, Packet, Protocol, PubRel, QoS, SubscriptionOptions, Will};
+
+use super::connection::Connection;
+use super::message::Message;
+
+pub type SessionId = u64;
+
+/// One message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Rc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1 PUBLISH sent, PUBACK expected.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, PUBREC expected.
+    AwaitingPubRec,
+    /// PUBREL sent, PUBCOMP expected.
+    AwaitingPubComp,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: OutboundState,
+}
+
+/// A subscription as the session remembers it (for re-subscribes and clean-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionEntry {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+pub struct Session {
+    pub id: SessionId,
+    pub client_id: MqttStr,
+    pub protocol: Protocol,
+    pub connection: Option<Rc<Connection>>,
+    /// Filter (as subscribed, `$share/...` included) → options.
+    pub subscriptions: HashMap<String, SubscriptionEntry>,
+    /// QoS 1/2 messages sent and not yet fully acknowledged, oldest first; resent with DUP
+    /// on reconnect [MQTT-4.4.0-1].
+    pub outbound: VecDeque<Outbound>,
+    /// Messages waiting for room in the in-flight window or for the client to come back.
+    pub pending: VecDeque<Delivery>,
+    /// QoS 2 packet ids received and answered with PUBREC, awaiting PUBREL: a resent
+    /// PUBLISH with one of these ids is not delivered again [MQTT-4.3.3-9].
+    pub inbound_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// The client's Receive Maximum capped by our in-flight limit [MQTT-3.3.4-9].
+    pub inflight_max: usize,
+    pub session_expiry_secs: u32,
+    pub will: Option<Will>,
+    /// Bumped at each connect; timers for wills and expiry check it to know whether the
+    /// client came back meanwhile.
+    pub generation: u64,
+    pub disconnected_at: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(id: SessionId, client_id: MqttStr, protocol: Protocol) -> Session {
+        Session {
+            id,
+            client_id,
+            protocol,
+            connection: None,
+            subscriptions: HashMap::new(),
+            outbound: VecDeque::new(),
+            pending: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            next_packet_id: 0,
+            inflight_max: 1,
+            session_expiry_secs: 0,
+            will: None,
+            generation: 0,
+            disconnected_at: None,
+        }
+    }
+
+    /// The next packet id not used by a message in flight [MQTT-2.2.1-2].
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id == 0 {
+                continue;
+            }
+            let id = self.next_packet_id;
+            if !self.outbound.iter().any(|o| o.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn connected(&self) -> Option<&Rc<Connection>> {
+        self.connection.as_ref().filter(|c| !c.is_closing())
+    }
+
+    /// Sends `delivery` now if the in-flight window allows, else queues it. Returns
+    /// `false` when it had to be dropped (queue full, or QoS 0 for an absent client).
+    pub fn deliver(
+        &mut self,
+        delivery: Delivery,
+        session_queue_max: usize,
+        outgoing_queue_max: usize,
+        now: Instant,
+    ) -> DeliveryOutcome {
+        if delivery.qos == QoS::AtMostOnce {
+            let Some(connection) = self.connected() else {
+                // QoS 0 messages are not kept for absent clients.
+                return DeliveryOutcome::Dropped;
+            };
+            if connection.queued_len() >= outgoing_queue_max {
+                return DeliveryOutcome::Dropped;
+            }
+            return match delivery.message.to_publish(
+                QoS::AtMostOnce,
+                delivery.retain,
+                0,
+                &delivery.subscription_ids,
+                now,
+            ) {
+                Some(publish) => {
+                    connection.send(Packet::Publish(publish));
+                    DeliveryOutcome::Sent
+                }
+                None => DeliveryOutcome::Expired,
+            };
+        }
+        if self.connected().is_some()
+            && self.outbound.len() < self.inflight_max
+            && self.pending.is_empty()
+        {
+            return self.send_outbound(delivery, now);
+        }
+        if self.pending.len() >= session_queue_max {
+            return DeliveryOutcome::Dropped;
+        }
+        self.pending.push_back(delivery);
+        DeliveryOutcome::Queued
+    }
+
+    fn send_outbound(&mut self, delivery: Delivery, now: Instant) -> DeliveryOutcome {
+        let packet_id = self.allocate_packet_id();
+        let Some(publish) = delivery.message.to_publish(
+            delivery.qos,
+            delivery.retain,
+            packet_id,
+            &delivery.subscription_ids,
+            now,
+        ) else {
+            return DeliveryOutcome::Expired;
+        };
+        let state = if delivery.qos == QoS::AtLeastOnce {
+            OutboundState::AwaitingPubAck
+        } else {
+            OutboundState::AwaitingPubRec
+        };
+        if let Some(connection) = self.connected() {
+            connection.send(Packet::Publish(publish));
+        }
+        self.outbound.push_back(Outbound {
+            packet_id,
+            delivery,
+            state,
+        });
+        DeliveryOutcome::Sent
+    }
+
+    /// Moves queued messages into the in-flight window while it has room. Returns how many
+    /// expired on the way.
+    pub fn pump(&mut self, now: Instant) -> u64 {
+        let mut expired = 0;
+        while self.connected().is_some() && self.outbound.len() < self.inflight_max {
+            let Some(delivery) = self.pending.pop_front() else {
+                break;
+            };
+            if self.send_outbound(delivery, now) == DeliveryOutcome::Expired {
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// PUBACK or PUBCOMP: the message is done. `false` if no such message was in flight.
+    pub fn complete(&mut self, packet_id: u16, expected: OutboundState) -> bool {
+        match self
+            .outbound
+            .iter()
+            .position(|o| o.packet_id == packet_id && o.state == expected)
+        {
+            Some(index) => {
+                self.outbound.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC: answer with PUBREL and wait for PUBCOMP [MQTT-4.3.3-3].
+    pub fn received(&mut self, packet_id: u16) -> bool {
+        match self
+            .outbound
+            .iter_mut()
+            .find(|o| o.packet_id == packet_id && o.state != OutboundState::AwaitingPubAck)
+        {
+            Some(outbound) => {
+                outbound.state = OutboundState::AwaitingPubComp;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a reconnect with a kept session: resend unacknowledged PUBLISHes with DUP set
+    /// and PUBRELs, in their original order [MQTT-4.4.0-1], then queued messages.
+    pub fn resume(&mut self, now: Instant) -> u64 {
+        let Some(connection) = self.connection.clone() else {
+            return 0;
+        };
+        let mut expired = 0;
+        self.outbound.retain(|outbound| match outbound.state {
+            OutboundState::AwaitingPubComp => {
+                connection.send(Packet::PubRel(PubRel::new(outbound.packet_id)));
+                true
+            }
+            _ => {
+                let delivery = &outbound.delivery;
+                match delivery.message.to_publish(
+                    delivery.qos,
+                    delivery.retain,
+                    outbound.packet_id,
+                    &delivery.subscription_ids,
+                    now,
+                ) {
+                    Some(mut publish) => {
+                        publish.dup = true;
+                        connection.send(Packet::Publish(publish));
+                        true
+                    }
+                    None => {
+                        expired += 1;
+                        false
+                    }
+                }
+            }
+        });
+        expired + self.pump(now)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Sent,
+    Queued,
+    Dropped,
+    Expired,
+}

@@ -1,0 +1,48 @@
+//! What shards tell each other over their bounded channels.
+
+use std::os::fd::OwnedFd;
+
+use bytes::BytesMut;
+
+use crate::protocol::Connect;
+use crate::runtime::ShardId;
+
+use super::message::Message;
+use super::stats::StatsSnapshot;
+
+pub enum ShardMessage {
+    /// A connection whose client id the receiving shard owns, with its CONNECT and the
+    /// bytes read after it.
+    Handoff {
+        fd: OwnedFd,
+        connect: Box<Connect>,
+        buffered: BytesMut,
+        assigned_client_id: bool,
+    },
+    /// Deliver to the receiver's ordinary subscribers of the topic.
+    Publish(Message),
+    /// Deliver to one local member of shared group `group` matching the topic.
+    SharedPublish {
+        group: String,
+        message: Message,
+    },
+    /// The sender now has (or no longer has) subscribers for `filter`. With `ack_id`, the
+    /// receiver answers `InterestAck` so the sender can send its SUBACK knowing that every
+    /// shard routes to it.
+    Interest {
+        from: ShardId,
+        filter: String,
+        added: bool,
+        ack_id: Option<u64>,
+    },
+    InterestAck {
+        ack_id: u64,
+    },
+    /// A retained message set (or cleared, with an empty payload) on another shard.
+    Retained(Message),
+    /// Counters of the sender, for shard 0's `$SYS` topics.
+    Stats {
+        from: ShardId,
+        snapshot: StatsSnapshot,
+    },
+}

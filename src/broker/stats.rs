@@ -1,0 +1,72 @@
+//! Per-shard counters. Each shard counts on its own (plain cells, no atomics on the
+//! message path); shard 0 sums the snapshots the others send it for `$SYS`.
+
+use std::cell::Cell;
+
+macro_rules! counters {
+    ($($(#[$meta:meta])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        pub struct ShardStats {
+            $($(#[$meta])* pub $name: Cell<u64>,)*
+        }
+
+        /// A copy of the counters that can cross shards.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct StatsSnapshot {
+            $(pub $name: u64,)*
+        }
+
+        impl ShardStats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl StatsSnapshot {
+            pub fn add(&mut self, other: &StatsSnapshot) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// `(name, value)` pairs, for `$SYS` topics.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections open now (a gauge, counted on the shard that serves them).
+    clients_connected,
+    /// Sessions held now, connected or not.
+    sessions,
+    connections_accepted,
+    /// Connections handed to the shard that owns their client id.
+    connections_handed_off,
+    /// Connections closed for a protocol error or a malformed packet.
+    protocol_errors,
+    messages_received,
+    messages_sent,
+    bytes_received,
+    bytes_sent,
+    /// QoS 0 messages dropped because the subscriber's queue was full.
+    dropped_qos0_queue_full,
+    /// QoS 1/2 messages dropped because an offline or slow session's queue was full.
+    dropped_session_queue_full,
+    /// Messages not sent because they exceeded the client's Maximum Packet Size.
+    dropped_too_large,
+    /// Messages whose Message Expiry Interval ran out before delivery.
+    dropped_expired,
+    retained_messages,
+    subscriptions,
+}
+
+impl ShardStats {
+    pub fn incr(counter: &Cell<u64>) {
+        counter.set(counter.get() + 1);
+    }
+
+    pub fn decr(counter: &Cell<u64>) {
+        counter.set(counter.get().saturating_sub(1));
+    }
+}

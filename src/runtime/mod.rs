@@ -1,0 +1,220 @@
+//! The thin seam over glommio: shards (executors pinned to CPUs), the bounded channels
+//! between them, tasks, timers and TCP. Nothing outside this folder names glommio, so a
+//! move to another io_uring runtime touches only this file.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::{LocalExecutorBuilder, Placement};
+
+pub use glommio::net::{TcpListener, TcpStream};
+
+/// Index of a shard, 0..shard_count; also its index in the channel mesh.
+pub type ShardId = usize;
+
+/// What a shard's main future receives: who it is and its channels to every other shard.
+pub struct ShardEnv<T: Send + 'static> {
+    pub shard_id: ShardId,
+    pub shard_count: usize,
+    pub cpu: usize,
+    pub senders: ShardSenders<T>,
+    pub receivers: Receivers<T>,
+}
+
+/// Bounded channels to every other shard (a full mesh of single-producer queues).
+pub struct ShardSenders<T: Send + 'static> {
+    inner: Senders<T>,
+}
+
+impl<T: Send + 'static> ShardSenders<T> {
+    /// Waits while the channel to `shard` is full: that wait is the backpressure that
+    /// stops a shard from reading its publishers when another shard falls behind.
+    pub async fn send(&self, shard: ShardId, message: T) -> Result<(), T> {
+        self.inner
+            .send_to(shard, message)
+            .await
+            .map_err(|error| match error {
+                glommio::GlommioError::Closed(glommio::ResourceType::Channel(message))
+                | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message)) => {
+                    message
+                }
+                other => panic!("shard channel {shard}: {other}"),
+            })
+    }
+
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// Receivers from every other shard, as `(shard, receiver)` pairs, taken once.
+pub fn take_receivers<T: Send + 'static>(
+    receivers: &mut Receivers<T>,
+) -> Vec<(
+    ShardId,
+    glommio::channels::shared_channel::ConnectedReceiver<T>,
+)> {
+    receivers.streams()
+}
+
+/// The CPUs this process may run on (its affinity mask, which `taskset` and cgroups set),
+/// in ascending order.
+pub fn affinity_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}
+
+/// Starts one executor per CPU in `cpus`, pinned to it, joins them in a channel mesh of
+/// `channel_capacity` messages per pair, runs `shard_main` on each and waits for all.
+pub fn run_shards<T, F, Fut>(
+    cpus: &[usize],
+    channel_capacity: usize,
+    shard_main: F,
+) -> io::Result<()>
+where
+    T: Send + 'static,
+    F: Fn(ShardEnv<T>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    assert!(!cpus.is_empty(), "at least one CPU is needed");
+    let mesh = MeshBuilder::<T, _>::full(cpus.len(), channel_capacity);
+    let mut handles = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        let mesh = mesh.clone();
+        let shard_main = shard_main.clone();
+        let shard_count = cpus.len();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("ferrymq-shard-{cpu}"))
+            .spawn(move || async move {
+                let (senders, receivers) = mesh.join().await.expect("join the shard mesh");
+                let env = ShardEnv {
+                    shard_id: senders.peer_id(),
+                    shard_count,
+                    cpu,
+                    senders: ShardSenders { inner: senders },
+                    receivers,
+                };
+                shard_main(env).await;
+            })
+            .map_err(|e| io::Error::other(format!("start shard on CPU {cpu}: {e}")))?;
+        handles.push(handle);
+    }
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|e| io::Error::other(format!("shard failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Runs `future` on the current shard in the background.
+pub fn spawn<F>(future: F)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(future).detach();
+}
+
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// `None` if `future` did not finish within `duration`.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        glommio::timer::sleep(duration).await;
+        None
+    })
+    .await
+}
+
+/// Lets other tasks of this shard run: used to bound the work of one loop turn.
+pub async fn yield_now() {
+    glommio::yield_if_needed().await;
+}
+
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    // glommio binds with SO_REUSEPORT, so every shard listens on the same address and the
+    // kernel spreads new connections over them.
+    TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Detaches the socket of `stream` so that another shard can adopt it with
+/// [`adopt_stream`]; the local handle is closed.
+pub fn detach_stream(stream: TcpStream) -> io::Result<OwnedFd> {
+    // SAFETY: dup returns a new descriptor we own; the stream closes the original.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(stream);
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wraps a socket detached on another shard for I/O on this one.
+pub fn adopt_stream(fd: OwnedFd) -> TcpStream {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is a connected TCP socket that we own.
+    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// A second handle on the same socket, so that one task reads while another writes.
+pub fn clone_stream(stream: &TcpStream) -> io::Result<TcpStream> {
+    // SAFETY: as in detach_stream.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor for a connected TCP socket.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+/// A wake-up for one waiting task on this shard: `notify` any number of times, `wait`
+/// returns once for at least one notification since the last `wait`, or `false` once
+/// closed.
+pub struct Signal {
+    semaphore: glommio::sync::Semaphore,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal::new()
+    }
+}
+
+impl Signal {
+    pub fn new() -> Signal {
+        Signal {
+            semaphore: glommio::sync::Semaphore::new(0),
+        }
+    }
+
+    pub fn notify(&self) {
+        // Coalesce: one pending permit is enough to wake the waiter.
+        if self.semaphore.available() == 0 {
+            self.semaphore.signal(1);
+        }
+    }
+
+    /// `true` when notified, `false` when closed.
+    pub async fn wait(&self) -> bool {
+        self.semaphore.acquire(1).await.is_ok()
+    }
+
+    pub fn close(&self) {
+        self.semaphore.close();
+    }
+}
