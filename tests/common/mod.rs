@@ -1,0 +1,113 @@
+//! A ferrymq broker process for integration tests: started on a free loopback port with
+//! two shards (when the machine has two CPUs), so that connections are handed between
+//! shards and messages cross them; stopped with SIGTERM.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--cores` for two shards where this process may use two CPUs, else the one it has.
+fn cores_arg() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        "0,1".into()
+    } else {
+        "0".into()
+    }
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Starts `ferrymq` with `args` after `--listen` and `--cores`, and waits until it
+    /// accepts connections.
+    pub fn start_with(args: &[&str]) -> Broker {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cores")
+            .arg(cores_arg())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferrymq");
+        // Wait for the "listening" line, then for the port to answer.
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(
+            first.contains("listening"),
+            "ferrymq did not start: {first:?}"
+        );
+        std::thread::spawn(move || for _ in lines {});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferrymq is not accepting on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Both shards bind the port; give the second a moment after the first answers.
+        std::thread::sleep(Duration::from_millis(100));
+        Broker {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_kill(child.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ferrymq did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
