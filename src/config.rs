@@ -105,8 +105,9 @@ pub struct BrokerConfig {
     /// Longest session expiry granted; a client asking for more gets this value. 7 days keeps
     /// sessions of devices offline over a weekend while bounding abandoned sessions.
     pub session_expiry_secs_max: u32,
-    /// QoS 1 and 2 messages kept for one offline persistent session; the oldest is dropped
-    /// (and counted) beyond it. 1000 bounds an abandoned session's memory.
+    /// QoS 1 and 2 messages queued for one session, offline or slow; new messages beyond it
+    /// are dropped and counted, and a publisher feeding a connected session past half of it
+    /// is held back. 1000 bounds an abandoned session's memory.
     pub session_queue_messages_max: usize,
     /// Messages queued for one connected subscriber that reads slower than it is sent to;
     /// QoS 0 beyond it is dropped and QoS 1/2 kept to the session queue. 1000 absorbs bursts.

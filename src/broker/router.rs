@@ -42,6 +42,33 @@ pub async fn publish(shard: &ShardRef, message: Message) {
             .send(target, ShardMessage::SharedPublish { group, message })
             .await;
     }
+    slow_down_for(shard, targets.congested).await;
+}
+
+/// Longest a publisher is held back for slow subscribers on its shard.
+const PUBLISHER_WAIT_MS_MAX: u64 = 1000;
+const PUBLISHER_WAIT_STEP_MS: u64 = 1;
+
+/// Holds the publishing connection (it reads nothing meanwhile) while subscribers it feeds
+/// are congested, up to `PUBLISHER_WAIT_MS_MAX`: QoS 1/2 wait rather than pile up. The
+/// bound keeps two clients that publish to each other from waiting forever.
+async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::MqttStr>) {
+    if congested.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + std::time::Duration::from_millis(PUBLISHER_WAIT_MS_MAX);
+    while Instant::now() < deadline {
+        let still = {
+            let state = shard.state.borrow();
+            congested
+                .iter()
+                .any(|client_id| state.is_congested(client_id))
+        };
+        if !still {
+            return;
+        }
+        crate::runtime::sleep(std::time::Duration::from_millis(PUBLISHER_WAIT_STEP_MS)).await;
+    }
 }
 
 /// Tells every other shard about interest changes; with `wait`, returns once each has

@@ -133,6 +133,7 @@ impl Session {
                 &delivery.subscription_ids,
                 now,
             ) {
+                Some(publish) if too_large(&publish, connection) => DeliveryOutcome::TooLarge,
                 Some(publish) => {
                     connection.send(Packet::Publish(publish));
                     DeliveryOutcome::Sent
@@ -164,6 +165,12 @@ impl Session {
         ) else {
             return DeliveryOutcome::Expired;
         };
+        if let Some(connection) = self.connected() {
+            if too_large(&publish, connection) {
+                // [MQTT-3.1.2-25]: discarded as if sent; it must not hold an in-flight slot.
+                return DeliveryOutcome::TooLarge;
+            }
+        }
         let state = if delivery.qos == QoS::AtLeastOnce {
             OutboundState::AwaitingPubAck
         } else {
@@ -181,14 +188,17 @@ impl Session {
     }
 
     /// Moves queued messages into the in-flight window while it has room. Returns how many
-    /// expired on the way.
+    /// expired or were too large for the client on the way.
     pub fn pump(&mut self, now: Instant) -> u64 {
         let mut expired = 0;
         while self.connected().is_some() && self.outbound.len() < self.inflight_max {
             let Some(delivery) = self.pending.pop_front() else {
                 break;
             };
-            if self.send_outbound(delivery, now) == DeliveryOutcome::Expired {
+            if matches!(
+                self.send_outbound(delivery, now),
+                DeliveryOutcome::Expired | DeliveryOutcome::TooLarge
+            ) {
                 expired += 1;
             }
         }
@@ -268,4 +278,11 @@ pub enum DeliveryOutcome {
     Queued,
     Dropped,
     Expired,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
+}
+
+fn too_large(publish: &crate::protocol::Publish, connection: &Connection) -> bool {
+    use crate::protocol::Encode;
+    publish.encoded_len(connection.protocol) > connection.packet_size_bytes_max as usize
 }

@@ -46,6 +46,9 @@ pub struct RemoteTargets {
     pub shards: Vec<ShardId>,
     /// Shared groups whose turn fell on another shard: (shard, group).
     pub shared: Vec<(ShardId, String)>,
+    /// Connected local sessions whose queue is past its high-water mark: the publisher
+    /// waits for them to drain before reading on (backpressure on QoS 1/2).
+    pub congested: Vec<MqttStr>,
 }
 
 /// What CONNECT produced: the CONNACK, and whether the old connection of the client was
@@ -103,6 +106,8 @@ pub struct Shard {
     next_assigned_id: u64,
     /// Scratch for merging overlapping subscriptions of one session.
     scratch: HashMap<SessionId, (QoS, bool, Vec<u32>)>,
+    /// Sessions found congested while routing the current message.
+    congested: Vec<MqttStr>,
 }
 
 impl Shard {
@@ -128,6 +133,7 @@ impl Shard {
             next_connection_id: 1,
             next_assigned_id: 0,
             scratch: HashMap::new(),
+            congested: Vec::new(),
         }
     }
 
@@ -474,6 +480,7 @@ impl Shard {
         for group in local_shared_groups {
             self.deliver_shared(message, &group, now);
         }
+        targets.congested = std::mem::take(&mut self.congested);
         targets
     }
 
@@ -560,6 +567,9 @@ impl Shard {
             self.config.outgoing_queue_messages_max,
             now,
         );
+        if outcome == DeliveryOutcome::Queued && self.is_congested(client_id) {
+            self.congested.push(client_id.clone());
+        }
         let stats = &self.stats;
         match outcome {
             DeliveryOutcome::Dropped if qos == QoS::AtMostOnce => {
@@ -567,6 +577,7 @@ impl Shard {
             }
             DeliveryOutcome::Dropped => ShardStats::incr(&stats.dropped_session_queue_full),
             DeliveryOutcome::Expired => ShardStats::incr(&stats.dropped_expired),
+            DeliveryOutcome::TooLarge => ShardStats::incr(&stats.dropped_too_large),
             DeliveryOutcome::Sent | DeliveryOutcome::Queued => {}
         }
     }
@@ -657,6 +668,14 @@ impl Shard {
                 .dropped_expired
                 .set(self.stats.dropped_expired.get() + expired);
         }
+    }
+
+    /// A connected session whose queue holds half its maximum or more.
+    pub fn is_congested(&self, client_id: &MqttStr) -> bool {
+        self.sessions.get(client_id).is_some_and(|session| {
+            session.connection.is_some()
+                && session.pending.len() * 2 >= self.config.session_queue_messages_max
+        })
     }
 
     pub fn connection(&self, client_id: &MqttStr) -> Option<Rc<Connection>> {
