@@ -217,6 +217,8 @@ pub async fn serve(
     }
     let mut decoder = Decoder::server_connected(protocol, shard.config.packet_size_bytes_max);
     let mut link = Link::new(shard, connection, client_id, protocol, keep_alive_secs);
+    link.connect_session_expiry_zero =
+        connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
     let exit = link.run(&mut stream, &mut decoder, &mut buf).await;
     link.finish(exit).await;
 }

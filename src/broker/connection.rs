@@ -85,7 +85,8 @@ impl Connection {
 /// connection closes.
 pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats: Rc<ShardStats>) {
     let mut batch = VecDeque::new();
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES_MAX);
+    // Grows with what is written: an idle connection keeps no big buffer.
+    let mut buf = BytesMut::new();
     'outer: while connection.wake.wait().await {
         loop {
             connection.take_queue(&mut batch);

@@ -59,6 +59,9 @@ pub struct Link {
     /// Topic aliases this client set on this connection [MQTT-3.3.2-10].
     pub topic_aliases: HashMap<u16, MqttStr>,
     pub keep_alive_secs: u16,
+    /// The CONNECT had no (or a zero) Session Expiry Interval, whatever was granted: then a
+    /// non-zero one in DISCONNECT is a Protocol Error (3.14.2.2.2).
+    pub connect_session_expiry_zero: bool,
 }
 
 impl Link {
@@ -78,6 +81,7 @@ impl Link {
             protocol,
             topic_aliases: HashMap::new(),
             keep_alive_secs,
+            connect_session_expiry_zero: true,
         }
     }
 
@@ -96,6 +100,11 @@ impl Link {
             loop {
                 match decoder.decode(buf) {
                     Ok(Some(packet)) => {
+                        // Taken over (or shut down) meanwhile: the session is no longer
+                        // this connection's to act on [MQTT-3.1.4-3].
+                        if self.connection.is_closing() {
+                            return Exit::ConnectionLost;
+                        }
                         if let Err(exit) = self.handle(packet).await {
                             return exit;
                         }
@@ -212,7 +221,7 @@ impl Link {
             // "If the Session Expiry Interval in the CONNECT packet was zero, then it is a
             // Protocol Error to set a non-zero Session Expiry Interval in the DISCONNECT
             // packet sent by the Client" (3.14.2.2.2).
-            if state.session_expiry(&self.client_id) == 0 && secs != 0 {
+            if self.connect_session_expiry_zero && secs != 0 {
                 return Exit::ProtocolError(ReasonCode::ProtocolError);
             }
             state.set_session_expiry(&self.client_id, secs);
