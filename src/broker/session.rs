@@ -241,34 +241,34 @@ impl Session {
         let Some(connection) = self.connection.clone() else {
             return 0;
         };
-        let mut expired = 0;
-        self.outbound.retain(|outbound| match outbound.state {
-            OutboundState::AwaitingPubComp => {
+        for outbound in &self.outbound {
+            if outbound.state == OutboundState::AwaitingPubComp {
                 connection.send(Packet::PubRel(PubRel::new(outbound.packet_id)));
-                true
+                continue;
             }
-            _ => {
-                let delivery = &outbound.delivery;
-                match delivery.message.to_publish(
+            let delivery = &outbound.delivery;
+            let resend = |message: &Message| {
+                message.to_publish(
                     delivery.qos,
                     delivery.retain,
                     outbound.packet_id,
                     &delivery.subscription_ids,
                     now,
-                ) {
-                    Some(mut publish) => {
-                        publish.dup = true;
-                        connection.send(Packet::Publish(publish));
-                        true
-                    }
-                    None => {
-                        expired += 1;
-                        false
-                    }
-                }
-            }
-        });
-        expired + self.pump(now)
+                )
+            };
+            // Onward delivery has started, so a message that expired since is resent all
+            // the same, with no time left [MQTT-3.3.2-5], [MQTT-4.4.0-1]: dropping it
+            // would free a packet id the client may still hold for QoS 2.
+            let mut publish = resend(&delivery.message).unwrap_or_else(|| {
+                let mut message = (*delivery.message).clone();
+                message.expires_at = None;
+                message.properties.message_expiry_interval_secs = Some(0);
+                resend(&message).expect("a message without expiry")
+            });
+            publish.dup = true;
+            connection.send(Packet::Publish(publish));
+        }
+        self.pump(now)
     }
 }
 
