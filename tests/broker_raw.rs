@@ -235,7 +235,7 @@ struct Case {
 /// DISCONNECT with one reason code and no properties.
 macro_rules! disconnect {
     ($code:expr) => {
-        &[0xE0, 0x01, $code]
+        &[0xE0, 0x02, $code, 0x00]
     };
 }
 
@@ -416,7 +416,7 @@ const V5_CASES: &[Case] = &[
         ],
         // PUBREC 1, PUBREC 2, then DISCONNECT 0x93.
         answer: &[
-            0x50, 0x02, 0x00, 0x01, 0x50, 0x02, 0x00, 0x02, 0xE0, 0x01, 0x93,
+            0x50, 0x02, 0x00, 0x01, 0x50, 0x02, 0x00, 0x02, 0xE0, 0x02, 0x93, 0x00,
         ],
     },
 ];
@@ -837,7 +837,7 @@ fn v5_keep_alive_silence_gets_disconnect_0x8d_then_close() {
     // server may say why first (0x8D keep alive timeout).
     let mut client = connect_keep_alive_1(&broker, Protocol::V5, "silent-5");
     let since = Instant::now();
-    assert_eq!(client.rest_until_closed(), [0xE0, 0x01, 0x8D]);
+    assert_eq!(client.rest_until_closed(), [0xE0, 0x02, 0x8D, 0x00]);
     assert_closed_for_keep_alive(since);
 }
 
@@ -882,7 +882,7 @@ fn v5_disconnect_cannot_set_session_expiry_after_zero() {
     // DISCONNECT packet" [MQTT-4.13.1-1]: DISCONNECT 0x82, then close.
     let mut client = Client::connected(&broker, Protocol::V5, "expiry-0");
     client.send_raw(&disconnect_expiry_10);
-    assert_eq!(client.rest_until_closed(), [0xE0, 0x01, 0x82]);
+    assert_eq!(client.rest_until_closed(), [0xE0, 0x02, 0x82, 0x00]);
 
     // With a non-zero expiry in CONNECT, the same DISCONNECT is a normal close.
     let mut connect = Connect::new(Protocol::V5, "expiry-60", 0);
@@ -930,7 +930,7 @@ fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
     // [MQTT-3.3.2-7]: a new connection of the same client does not know alias 1.
     let mut publisher = Client::connected(&broker, Protocol::V5, &publisher_id);
     publisher.send_raw(&[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01, b'3']);
-    assert_eq!(publisher.rest_until_closed(), [0xE0, 0x01, 0x82]);
+    assert_eq!(publisher.rest_until_closed(), [0xE0, 0x02, 0x82, 0x00]);
 }
 
 #[test]
@@ -1023,7 +1023,7 @@ fn bad_packet_in_the_same_write_as_connect_follows_the_hand_off() {
             0x27, 0x00, 0x10, 0x00, 0x00,
             0x22, 0x00, 0x40,
             // DISCONNECT 0x81.
-            0xE0, 0x01, 0x81,
+            0xE0, 0x02, 0x81, 0x00,
         ];
         assert_eq!(answer, expected, "{id}");
     }
@@ -1037,7 +1037,7 @@ fn session_take_over_disconnects_the_old_connection_with_0x8e() {
         let mut old = Client::connected(&broker, Protocol::V5, &id);
         let mut new = Client::connected(&broker, Protocol::V5, &id);
         // [MQTT-3.1.4-3]: DISCONNECT 0x8E to the existing connection, then close.
-        assert_eq!(old.rest_until_closed(), [0xE0, 0x01, 0x8E]);
+        assert_eq!(old.rest_until_closed(), [0xE0, 0x02, 0x8E, 0x00]);
         new.send_raw(&[0xC0, 0x00]);
         new.expect_bytes(&[0xD0, 0x00]);
     }
@@ -1063,11 +1063,11 @@ fn v5_qos2_receive_maximum_counts_until_pubrel() {
     client.expect_bytes(&[0x50, 0x02, 0x00, 0x03]);
     // PUBREL of an unknown id: PUBCOMP 0x92 (packet identifier not found), section 3.7.2.1.
     client.send_raw(&[0x62, 0x02, 0x00, 0x09]);
-    client.expect_bytes(&[0x70, 0x03, 0x00, 0x09, 0x92]);
+    client.expect_bytes(&[0x70, 0x04, 0x00, 0x09, 0x92, 0x00]);
     // Ids 2 and 3 are unreleased: a third QoS 2 PUBLISH exceeds Receive Maximum 2
     // [MQTT-3.3.4-7]: DISCONNECT 0x93, then close.
     client.send_raw(&[0x34, 0x06, 0x00, 0x01, b'q', 0x00, 0x04, 0x00]);
-    assert_eq!(client.rest_until_closed(), [0xE0, 0x01, 0x93]);
+    assert_eq!(client.rest_until_closed(), [0xE0, 0x02, 0x93, 0x00]);
 }
 
 #[test]

@@ -59,12 +59,15 @@ macro_rules! publish_ack_packet {
             const PACKET_TYPE: $crate::protocol::PacketType = $packet_type;
 
             fn remaining_len(&self, protocol: $crate::protocol::Protocol) -> usize {
+                // The short forms (no properties, or no reason code either) are allowed by
+                // 3.4.2.1, but a reason code is always followed by its property length:
+                // several client libraries cannot read a reason code alone.
                 if !protocol.is_v5() {
                     2
-                } else if !self.properties.is_empty() {
+                } else if !self.properties.is_empty()
+                    || self.reason_code != $crate::protocol::ReasonCode::Success
+                {
                     3 + self.properties.block_len()
-                } else if self.reason_code != $crate::protocol::ReasonCode::Success {
-                    3
                 } else {
                     2
                 }
@@ -77,7 +80,7 @@ macro_rules! publish_ack_packet {
                 if len > 2 {
                     buf.put_u8(self.reason_code as u8);
                 }
-                if len > 3 {
+                if len > 2 {
                     self.properties.encode(buf);
                 }
             }

@@ -49,10 +49,10 @@ impl Encode for Auth {
     const PACKET_TYPE: PacketType = PacketType::Auth;
 
     fn remaining_len(&self, _protocol: Protocol) -> usize {
-        if !self.properties.is_empty() {
+        if !self.properties.is_empty() || self.reason_code != ReasonCode::Success {
+            // A reason code is always followed by its property length (even 0): several
+            // client libraries cannot read the one-byte form 3.15.2.1 allows.
             1 + self.properties.block_len()
-        } else if self.reason_code != ReasonCode::Success {
-            1
         } else {
             0
         }
@@ -63,7 +63,7 @@ impl Encode for Auth {
         if len > 0 {
             buf.put_u8(self.reason_code as u8);
         }
-        if len > 1 {
+        if len > 0 {
             self.properties.encode(buf);
         }
     }

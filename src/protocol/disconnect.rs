@@ -51,10 +51,12 @@ impl Encode for Disconnect {
     fn remaining_len(&self, protocol: Protocol) -> usize {
         if !protocol.is_v5() {
             0
-        } else if !self.properties.is_empty() {
+        } else if !self.properties.is_empty()
+            || self.reason_code != ReasonCode::NORMAL_DISCONNECTION
+        {
+            // A reason code is always followed by its property length (even 0): several
+            // client libraries cannot read the one-byte form 3.14.2.1 allows.
             1 + self.properties.block_len()
-        } else if self.reason_code != ReasonCode::NORMAL_DISCONNECTION {
-            1
         } else {
             0
         }
@@ -65,7 +67,7 @@ impl Encode for Disconnect {
         if len > 0 {
             buf.put_u8(self.reason_code as u8);
         }
-        if len > 1 {
+        if len > 0 {
             self.properties.encode(buf);
         }
     }
