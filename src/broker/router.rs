@@ -52,7 +52,7 @@ const PUBLISHER_WAIT_STEP_MS: u64 = 1;
 /// Holds the publishing connection (it reads nothing meanwhile) while subscribers it feeds
 /// are congested, up to `PUBLISHER_WAIT_MS_MAX`: QoS 1/2 wait rather than pile up. The
 /// bound keeps two clients that publish to each other from waiting forever.
-async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::MqttStr>) {
+pub async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::MqttStr>) {
     if congested.is_empty() {
         return;
     }

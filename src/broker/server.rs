@@ -131,6 +131,11 @@ async fn shard_main(
         runtime::spawn(async move {
             while let Some(message) = receiver.recv().await {
                 on_shard_message(&shard, message);
+                // Subscribers here that fall behind hold this inbox (bounded): the channel
+                // from the publishing shard fills and that shard stops reading its
+                // publishers, so QoS 1/2 wait instead of piling up.
+                let congested = shard.state.borrow_mut().take_congested();
+                router::slow_down_for(&shard, congested).await;
             }
         });
     }

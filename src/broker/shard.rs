@@ -670,6 +670,11 @@ impl Shard {
         }
     }
 
+    /// Sessions found congested since the last call (deliveries from other shards).
+    pub fn take_congested(&mut self) -> Vec<MqttStr> {
+        std::mem::take(&mut self.congested)
+    }
+
     /// A connected session whose queue holds half its maximum or more.
     pub fn is_congested(&self, client_id: &MqttStr) -> bool {
         self.sessions.get(client_id).is_some_and(|session| {
