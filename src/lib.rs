@@ -2,6 +2,7 @@
 //!
 //! Modules:
 //! - [`broker`]: the MQTT broker: shards, sessions, routing, retained messages, wills.
+//! - [`bridge`]: the Kafka bridge: mappings from MQTT topic filters to Kafka topics and keys.
 //! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
 //! - [`runtime`]: the seam over glommio: pinned executors, shard channels, timers, TCP.
@@ -12,6 +13,7 @@
 //! payload are slices of that buffer, routed by the shard that owns the session, and handed
 //! to Kafka without another copy.
 
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod protocol;

@@ -135,6 +135,12 @@ fn run_broker(args: &BrokerArgs) -> ExitCode {
     };
     match ferrymq::broker::run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        // A setting only checked when used (a librdkafka property, a CPU outside the
+        // affinity mask) is a config error too.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("ferrymq: config error: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("ferrymq: {error}");
             ExitCode::FAILURE

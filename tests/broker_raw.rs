@@ -647,11 +647,14 @@ fn connect_errors_get_the_right_connack_or_a_close() {
     let reserved_311 = [
         0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x01, b'a',
     ];
-    assert_eq!(answer_to(&broker, &reserved_311), []);
+    assert_eq!(answer_to(&broker, &reserved_311), [0u8; 0]);
 
     // [MQTT-3.1.0-1]: the first packet is not CONNECT: close without a word.
-    assert_eq!(answer_to(&broker, &[0xC0, 0x00]), []);
-    assert_eq!(answer_to(&broker, &[0x30, 0x03, 0x00, 0x01, b'a']), []);
+    assert_eq!(answer_to(&broker, &[0xC0, 0x00]), [0u8; 0]);
+    assert_eq!(
+        answer_to(&broker, &[0x30, 0x03, 0x00, 0x01, b'a']),
+        [0u8; 0]
+    );
 }
 
 #[test]
@@ -659,7 +662,7 @@ fn no_connect_within_the_connect_timeout_closes() {
     let broker = Broker::start_with(&["--connect-timeout-ms", "300"]);
     let mut stream = open(&broker);
     let opened = Instant::now();
-    assert_eq!(read_until_closed(&mut stream, Vec::new()), []);
+    assert_eq!(read_until_closed(&mut stream, Vec::new()), [0u8; 0]);
     let waited = opened.elapsed();
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_millis(1200),
@@ -672,7 +675,7 @@ fn no_connect_within_the_connect_timeout_closes() {
     stream
         .write_all(&[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04])
         .unwrap();
-    assert_eq!(read_until_closed(&mut stream, Vec::new()), []);
+    assert_eq!(read_until_closed(&mut stream, Vec::new()), [0u8; 0]);
     let waited = opened.elapsed();
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_millis(1200),
@@ -857,7 +860,7 @@ fn v311_pingreq_keeps_alive_then_silence_closes() {
         assert_eq!(pingresp, [0xD0, 0x00]);
     }
     // 3.1.1 [MQTT-3.1.2-24]: then silence: closed, without a word in 3.1.1.
-    assert_eq!(client.rest_until_closed(), []);
+    assert_eq!(client.rest_until_closed(), [0u8; 0]);
     assert_closed_for_keep_alive(last);
 }
 
@@ -890,7 +893,7 @@ fn v5_disconnect_cannot_set_session_expiry_after_zero() {
     let (mut client, connack) = Client::connect(&broker, connect);
     assert_eq!(connack.reason_code, ReasonCode::Success);
     client.send_raw(&disconnect_expiry_10);
-    assert_eq!(client.rest_until_closed(), []);
+    assert_eq!(client.rest_until_closed(), [0u8; 0]);
 }
 
 #[test]
@@ -925,7 +928,7 @@ fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
         }
     }
     publisher.send_raw(&[0xE0, 0x00]);
-    assert_eq!(publisher.rest_until_closed(), []);
+    assert_eq!(publisher.rest_until_closed(), [0u8; 0]);
 
     // [MQTT-3.3.2-7]: a new connection of the same client does not know alias 1.
     let mut publisher = Client::connected(&broker, Protocol::V5, &publisher_id);
@@ -947,7 +950,7 @@ fn connections_max_closes_the_extra_connection_at_once() {
         &Packet::Connect(Box::new(Connect::new(Protocol::V3_1_1, "max-3", 0))),
         Protocol::V3_1_1,
     ));
-    assert_eq!(read_until_closed(&mut fourth, Vec::new()), []);
+    assert_eq!(read_until_closed(&mut fourth, Vec::new()), [0u8; 0]);
     assert!(
         opened.elapsed() < Duration::from_secs(1),
         "not closed at once"
@@ -964,7 +967,7 @@ fn connections_max_closes_the_extra_connection_at_once() {
     // One leaves: its place is free again.
     let mut leaving = clients.pop().unwrap();
     leaving.send_raw(&[0xE0, 0x00]);
-    assert_eq!(leaving.rest_until_closed(), []);
+    assert_eq!(leaving.rest_until_closed(), [0u8; 0]);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let mut stream = open(&broker);
@@ -1093,7 +1096,7 @@ fn v5_disconnect_may_set_session_expiry_when_connect_asked_for_one() {
     // a non-zero one in DISCONNECT a Protocol Error. This is a normal disconnection: no
     // DISCONNECT back, and the will is discarded [MQTT-3.1.2-10].
     client.send_raw(&[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x3C]);
-    assert_eq!(client.rest_until_closed(), []);
+    assert_eq!(client.rest_until_closed(), [0u8; 0]);
     watcher
         .stream
         .set_read_timeout(Some(Duration::from_millis(500)))

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use ferrymq::config::{load, BrokerArgs, BrokerConfig, Config};
+use ferrymq::config::{
+    load, AckMode, BatchingConfig, BrokerArgs, BrokerConfig, Config, HeaderField,
+};
 
-/// The example configuration shown in README: every key, each with its default.
-const EXAMPLE: &str = r#"# ferrymq.toml: every key is optional; the values shown are the defaults.
-# Flags override the file: --listen ADDR (repeatable), --cores LIST, --connections-max N, ...
+/// The example configuration shown in README: every key; `[broker]` and `[batching]` with
+/// their defaults, `[kafka]` (empty by default) with one cluster and two mappings.
+const EXAMPLE: &str = r#"# ferrymq.toml: every key is optional; [broker] and [batching] show the defaults.
+# Flags override the file: --listen ADDR (repeatable), --cores LIST, --connections-max N,
+# --batch-max-messages N, ...
 
 [[listener]]                         # without any, the broker listens on 127.0.0.1:1883
 bind = "0.0.0.0:1883"
@@ -33,6 +37,31 @@ topic_alias_maximum = 64             # Topic Alias Maximum; 0 disables aliases
 retain_available = true
 inter_shard_channel_capacity = 4096  # messages in flight per pair of shards
 sys_interval_secs = 10               # $SYS publish interval; 0 disables
+
+[kafka.clusters.main]                # default: no cluster, no mapping: a plain MQTT broker
+bootstrap = "kafka1:9092,kafka2:9092"
+config = { "compression.type" = "lz4", "linger.ms" = 5 }  # any librdkafka property
+
+[[kafka.mapping]]                    # every message on a matching topic, in file order
+mqtt = "devices/+/telemetry/#"       # MQTT topic filter; not $share/
+cluster = "main"                     # may be left out when there is one cluster
+topic = "telemetry.{2}"              # {client_id} {username} {topic} {N} {prop:NAME}
+key = "{client_id}"                  # default: the MQTT topic
+headers = ["mqtt_topic", "client_id", "qos"]  # the default
+ack = "kafka"                        # PUBACK once Kafka has the record; or "none"
+mqtt_subscribers = true              # false: to Kafka only
+
+[[kafka.mapping]]
+mqtt = "alerts/#"
+topic = "alerts"
+ack = "none"
+mqtt_subscribers = false
+
+[batching]                           # each also a flag: --batch-max-messages N, ...
+max_messages = 512                   # records per batch
+max_bytes = 1048576                  # bytes per batch; at least 1024
+linger_us = 1000                     # longest wait for a batch to fill; at most 1000000
+ring_capacity_batches = 256          # batches queued per shard and cluster
 "#;
 
 /// The broker flags as the `ferrymq` command flattens them.
@@ -93,6 +122,27 @@ fn example_config_loads_with_the_defaults_it_shows() {
     let config = load_with(&["--config", &file.flag()]).expect("example loads");
     assert_eq!(binds(&config), [addr("0.0.0.0:1883"), addr("[::1]:1883")]);
     assert_eq!(config.broker, BrokerConfig::default());
+    assert_eq!(config.batching, BatchingConfig::default());
+    let main = &config.kafka.clusters["main"];
+    assert_eq!(main.bootstrap, "kafka1:9092,kafka2:9092");
+    assert_eq!(main.config["compression.type"], "lz4");
+    assert_eq!(main.config["linger.ms"], "5");
+    let [telemetry, alerts] = config.kafka.mappings.as_slice() else {
+        panic!("two mappings");
+    };
+    assert_eq!(telemetry.topic, "telemetry.{2}");
+    assert_eq!(
+        telemetry.headers,
+        [
+            HeaderField::MqttTopic,
+            HeaderField::ClientId,
+            HeaderField::Qos
+        ]
+    );
+    assert_eq!(config.kafka.cluster_of(alerts), Some("main"));
+    assert_eq!(alerts.key, None);
+    assert_eq!(alerts.ack, AckMode::None);
+    assert!(telemetry.mqtt_subscribers && !alerts.mqtt_subscribers);
 }
 
 #[test]
@@ -192,7 +242,18 @@ fn file_errors_name_file_line_and_key() {
         ("[broker]\nconnections_max = \n", ":2:19: "),
         (
             "[auth]\npassword_file = \"/etc/ferrymq/passwd\"\n",
-            ":1:2: auth: unknown key `auth`, expected `listener` or `broker`",
+            ":1:2: auth: unknown key `auth`, expected one of `listener`, `broker`, `kafka`, \
+             `batching`",
+        ),
+        (
+            "[kafka.clusters.main]\nbootstrap = \"k:9092\"\nconfig = { \"acks\" = [1] }\n",
+            ":3:21: kafka.clusters.main.config.acks: invalid type: sequence, expected a string, \
+             integer or boolean",
+        ),
+        (
+            "[[kafka.mapping]]\nmqtt = \"a/#\"\ntopic = \"a\"\nack = \"al\"\n",
+            ":4:7: kafka.mapping[0].ack: unknown variant `al`, expected one of `none`, `kafka`, \
+             `durable`",
         ),
     ];
     for (text, expected) in cases {
@@ -204,6 +265,86 @@ fn file_errors_name_file_line_and_key() {
             "{error:?} should start {expected:?}"
         );
         assert!(!error.contains('\n'), "{error:?} is more than one line");
+    }
+}
+
+#[test]
+fn kafka_errors_name_the_key_without_a_position() {
+    let clusters = "[kafka.clusters.main]\nbootstrap = \"k1:9092\"\n\
+                    [kafka.clusters.audit]\nbootstrap = \"a1:9092\"\n";
+    let cases = [
+        (
+            "[[kafka.mapping]]\nmqtt = \"a\"\ncluster = \"main\"\ntopic = \"a\"\n\
+             [[kafka.mapping]]\nmqtt = \"b\"\ncluster = \"main\"\ntopic = \"b\"\n\
+             [[kafka.mapping]]\nmqtt = \"c\"\ncluster = \"backup\"\ntopic = \"c\"\n",
+            "kafka.mapping[2].cluster: \"backup\" is not a cluster (known: audit, main)",
+        ),
+        (
+            "[[kafka.mapping]]\nmqtt = \"a\"\ntopic = \"a\"\n",
+            "kafka.mapping[0].cluster: missing, and needed when there are several clusters \
+             (known: audit, main)",
+        ),
+        (
+            "[[kafka.mapping]]\nmqtt = \"a\"\ncluster = \"main\"\ntopic = \"a\"\n\
+             ack = \"durable\"\n",
+            "kafka.mapping[0].ack: \"durable\" needs the on-disk spool, which this version \
+             does not have yet; use \"kafka\" or \"none\"",
+        ),
+        (
+            "[kafka.clusters.more]\nbootstrap = \"m:9092\"\n\
+             config = { \"bootstrap.servers\" = \"m:9092\" }\n",
+            "kafka.clusters.more.config.\"bootstrap.servers\": the brokers are set by \
+             kafka.clusters.more.bootstrap",
+        ),
+    ];
+    for (text, expected) in cases {
+        let file = TempFile::new(&format!("{clusters}{text}"));
+        let error = load_with(&["--config", &file.flag()]).unwrap_err();
+        assert_eq!(error, expected);
+    }
+}
+
+#[test]
+fn batching_flags_override_the_file_and_are_validated() {
+    let file = TempFile::new("[batching]\nmax_messages = 64\nlinger_us = 500\n");
+    let config = load_with(&[
+        "--config",
+        &file.flag(),
+        "--batch-linger-us",
+        "0",
+        "--batch-max-bytes",
+        "4096",
+        "--ring-capacity-batches",
+        "8",
+    ])
+    .expect("loads");
+    let expected = BatchingConfig {
+        max_messages: 64,
+        max_bytes: 4096,
+        linger_us: 0,
+        ring_capacity_batches: 8,
+    };
+    assert_eq!(config.batching, expected);
+    let cases = [
+        (
+            &["--batch-max-messages", "0"][..],
+            "batching.max_messages: 0 is below the minimum of 1",
+        ),
+        (
+            &["--batch-max-bytes", "1000"],
+            "batching.max_bytes: 1000 is below the minimum of 1024",
+        ),
+        (
+            &["--batch-linger-us", "2000000"],
+            "batching.linger_us: 2000000 is above the maximum of 1000000",
+        ),
+        (
+            &["--ring-capacity-batches", "0"],
+            "batching.ring_capacity_batches: 0 is below the minimum of 1",
+        ),
+    ];
+    for (flags, expected) in cases {
+        assert_eq!(load_with(flags).unwrap_err(), expected);
     }
 }
 

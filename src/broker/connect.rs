@@ -216,7 +216,9 @@ pub async fn serve(
         router::publish(&shard, will).await;
     }
     let mut decoder = Decoder::server_connected(protocol, shard.config.packet_size_bytes_max);
+    let username = connect.username.clone();
     let mut link = Link::new(shard, connection, client_id, protocol, keep_alive_secs);
+    link.username = username;
     link.connect_session_expiry_zero =
         connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
     let exit = link.run(&mut stream, &mut decoder, &mut buf).await;

@@ -62,6 +62,8 @@ pub struct Link {
     /// The CONNECT had no (or a zero) Session Expiry Interval, whatever was granted: then a
     /// non-zero one in DISCONNECT is a Protocol Error (3.14.2.2.2).
     pub connect_session_expiry_zero: bool,
+    /// From CONNECT, for Kafka key/topic templates and headers.
+    pub username: Option<MqttStr>,
 }
 
 impl Link {
@@ -82,6 +84,7 @@ impl Link {
             topic_aliases: HashMap::new(),
             keep_alive_secs,
             connect_session_expiry_zero: true,
+            username: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! PUBLISH from a client (section 3.3.4): resolve the topic alias, route, acknowledge.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::bridge::shard_bridge::Submitted;
 use crate::protocol::{Packet, PubAck, PubRec, Publish, QoS, ReasonCode};
+use crate::runtime;
 
 use super::link::{Exit, Link};
 use super::message::Message;
@@ -42,10 +44,18 @@ impl Link {
             let mut state = self.shard.state.borrow_mut();
             let session = state.session(&self.client_id).expect("connected session");
             if session.inbound_qos2.contains(&packet_id) {
-                // A resent PUBLISH whose PUBREC was lost: answer again, deliver once
-                // [MQTT-4.3.3-9].
                 drop(state);
-                self.connection.send(Packet::PubRec(PubRec::new(packet_id)));
+                // Still waiting for Kafka: the PUBREC goes out when it answers.
+                let waiting = self
+                    .shard
+                    .bridge
+                    .borrow()
+                    .is_pending(self.connection.id, packet_id);
+                if !waiting {
+                    // A resent PUBLISH whose PUBREC was lost: answer again, deliver once
+                    // [MQTT-4.3.3-9].
+                    self.connection.send(Packet::PubRec(PubRec::new(packet_id)));
+                }
                 return Ok(());
             }
             // [MQTT-3.3.4-9]: more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -54,13 +64,46 @@ impl Link {
             }
             session.inbound_qos2.insert(packet_id);
         }
-        let message = Message::from_publish(publish, topic, self.client_id.clone(), Instant::now());
-        router::publish(&self.shard, message).await;
+        let now = Instant::now();
+        let message = Message::from_publish(publish, topic, self.client_id.clone(), now);
+        let (to_subscribers, to_kafka) = self.shard.bridge.borrow_mut().plan(&message.topic);
+        let mut deferred = false;
+        if to_kafka {
+            if qos != QoS::AtMostOnce {
+                // A full ring to Kafka: stop reading this publisher until it drains
+                // (backpressure, never a dropped QoS 1/2 message).
+                while self.shard.bridge.borrow().is_backlogged() {
+                    runtime::sleep(BACKLOG_POLL).await;
+                }
+            }
+            let ack = (qos != QoS::AtMostOnce).then(|| (self.connection.clone(), packet_id));
+            let username = self.username.as_deref();
+            let submitted = self
+                .shard
+                .bridge
+                .borrow_mut()
+                .submit(&message, username, ack, now);
+            self.shard.bridge_activity.notify();
+            // With `ack = "kafka"` the PUBACK/PUBREC waits for Kafka (report loop).
+            deferred = matches!(submitted, Submitted::Deferred(_));
+        }
+        if to_subscribers {
+            router::publish(&self.shard, message).await;
+        }
+        if !deferred {
+            self.acknowledge(qos, packet_id);
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&self, qos: QoS, packet_id: u16) {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::new(packet_id))),
             QoS::ExactlyOnce => self.connection.send(Packet::PubRec(PubRec::new(packet_id))),
         }
-        Ok(())
     }
 }
+
+/// How often a publisher held back by a full Kafka ring looks again.
+const BACKLOG_POLL: Duration = Duration::from_micros(200);

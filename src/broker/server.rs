@@ -7,13 +7,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::{BrokerConfig, Config};
-use crate::protocol::{MqttStr, PublishProperties, QoS, ReasonCode};
+use crate::bridge::mapping::Mappings;
+use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
+use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
+use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig};
+use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{self, ShardEnv};
 
 use super::connect::{accept_loop, serve};
@@ -34,9 +37,10 @@ pub fn run(config: Config) -> io::Result<()> {
     let cpus = match &config.broker.cores {
         Some(cores) => {
             if let Some(cpu) = cores.iter().find(|c| !allowed.contains(c)) {
-                return Err(io::Error::other(format!(
-                    "broker.cores: CPU {cpu} is not in this process's affinity mask {allowed:?}"
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("broker.cores: CPU {cpu} is not in this process's affinity mask {allowed:?}"),
+                ));
             }
             cores.clone()
         }
@@ -53,23 +57,107 @@ pub fn run(config: Config) -> io::Result<()> {
             cpus.len()
         );
     }
-    let broker = Arc::new(config.broker.clone());
+    let kafka = start_kafka_producers(&config, cpus.len())?;
+    let stoppers: Vec<_> = kafka.iter().flat_map(|k| k.stoppers.clone()).collect();
+    let mut kafka = kafka;
+    let joins: Vec<_> = kafka.iter_mut().flat_map(|k| k.joins.drain(..)).collect();
+    let kafka = Arc::new(Mutex::new(kafka.into_iter().map(Some).collect::<Vec<_>>()));
+    let shard_config = Arc::new(ShardConfig {
+        broker: config.broker.clone(),
+        kafka: config.kafka.clone(),
+        batching: config.batching.clone(),
+    });
     let connections_open = Arc::new(AtomicUsize::new(0));
-    runtime::run_shards(
+    let result = runtime::run_shards(
         &cpus,
         config.broker.inter_shard_channel_capacity,
         move |env: ShardEnv<ShardMessage>| {
+            // Each shard takes one set of producers; which one does not matter.
+            let producers = kafka
+                .lock()
+                .expect("producer sets")
+                .iter_mut()
+                .find_map(Option::take)
+                .expect("one producer set per shard");
             shard_main(
                 env,
-                (*broker).clone(),
+                shard_config.clone(),
+                producers,
                 listeners.clone(),
                 connections_open.clone(),
                 shutting_down.clone(),
             )
         },
-    )?;
+    );
+    // Deliver what the producers still hold, then let their threads end.
+    for (lane, thread) in &stoppers {
+        lane.stop.store(true, Ordering::Release);
+        thread.unpark();
+    }
+    for join in joins {
+        let _ = join.join();
+    }
+    result?;
     println!("ferrymq: stopped");
     Ok(())
+}
+
+/// What every shard is configured with.
+struct ShardConfig {
+    broker: BrokerConfig,
+    kafka: KafkaConfig,
+    batching: BatchingConfig,
+}
+
+/// The producers of one shard (one per cluster) and the wake-up their delivery reports use.
+struct ShardProducers {
+    producers: Vec<ProducerHandle>,
+    reports: runtime::WakeEnd,
+    stoppers: Vec<(Arc<Lane>, std::thread::Thread)>,
+    joins: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts one producer thread per (shard, cluster), from this unpinned thread so that
+/// librdkafka's threads are not pinned to a shard's CPU.
+fn start_kafka_producers(config: &Config, shard_count: usize) -> io::Result<Vec<ShardProducers>> {
+    let cluster_names: Vec<&String> = config.kafka.clusters.keys().collect();
+    let mut sets = Vec::with_capacity(shard_count);
+    for shard in 0..shard_count {
+        let (wake, wake_end) = runtime::cross_thread_wake()?;
+        let mut producers = Vec::new();
+        let mut stoppers = Vec::new();
+        let mut joins = Vec::new();
+        for name in &cluster_names {
+            let cluster = &config.kafka.clusters[*name];
+            let lane = shard_bridge::lane(
+                config.batching.ring_capacity_batches,
+                config.batching.max_messages,
+            );
+            let handle = spawn_producer(
+                format!("kafka-{name}-{shard}"),
+                client_config(&cluster.bootstrap, &cluster.config),
+                lane.clone(),
+                wake.try_clone()?,
+            )
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("kafka.clusters.{name}.config: {e}"),
+                )
+            })?;
+            stoppers.push((lane, handle.thread.clone()));
+            let mut handle = handle;
+            joins.extend(handle.join.take());
+            producers.push(handle);
+        }
+        sets.push(ShardProducers {
+            producers,
+            reports: wake_end,
+            stoppers,
+            joins,
+        });
+    }
+    Ok(sets)
 }
 
 /// Port 0 means "any free port"; every shard must bind the same one, so it is chosen once
@@ -90,13 +178,16 @@ fn resolve_listeners(config: &Config) -> io::Result<Vec<SocketAddr>> {
 
 async fn shard_main(
     mut env: ShardEnv<ShardMessage>,
-    config: BrokerConfig,
+    shard_config: Arc<ShardConfig>,
+    producers: ShardProducers,
     listeners: Vec<SocketAddr>,
     connections_open: Arc<AtomicUsize>,
     shutting_down: Arc<AtomicBool>,
 ) {
-    let config = Rc::new(config);
+    let config = Rc::new(shard_config.broker.clone());
     let stats = Rc::new(ShardStats::default());
+    let mappings = Mappings::new(&shard_config.kafka).expect("validated with the config");
+    let bridge = ShardBridge::new(mappings, producers.producers, shard_config.batching.clone());
     let receivers = runtime::take_receivers(&mut env.receivers);
     let shard: ShardRef = Rc::new(ShardContext {
         id: env.shard_id,
@@ -116,7 +207,14 @@ async fn shard_main(
         connections_open,
         shutting_down: shutting_down.clone(),
         started_at: Instant::now(),
+        bridge: RefCell::new(bridge),
+        bridge_activity: runtime::Signal::new(),
     });
+    runtime::spawn(kafka_reports_loop(
+        shard.clone(),
+        producers.reports.listen(),
+    ));
+    runtime::spawn(kafka_linger_loop(shard.clone()));
     for addr in listeners {
         match runtime::bind(addr) {
             Ok(listener) => runtime::spawn(accept_loop(shard.clone(), listener)),
@@ -213,6 +311,62 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
         }
     }
 }
+
+/// Turns Kafka delivery reports into PUBACK/PUBREC as they arrive.
+async fn kafka_reports_loop(shard: ShardRef, mut reports: runtime::WakeListener) {
+    while reports.wait().await {
+        let completed = shard.bridge.borrow_mut().drain_reports(Instant::now());
+        for done in completed {
+            acknowledge_after_kafka(&shard, done.ack);
+        }
+    }
+}
+
+fn acknowledge_after_kafka(shard: &ShardRef, ack: PendingAck) {
+    let connection = &ack.connection;
+    let reason = match ack.error {
+        None => ReasonCode::Success,
+        // 3.1.1 has no way to say "failed": close without an ack, so the client publishes
+        // again after reconnecting.
+        Some(_) if !connection.protocol.is_v5() => {
+            connection.close(None);
+            return;
+        }
+        Some(code) => shard_bridge::failure_reason(code),
+    };
+    match ack.qos {
+        QoS::AtLeastOnce => {
+            connection.send(Packet::PubAck(PubAck::with_reason(ack.packet_id, reason)))
+        }
+        QoS::ExactlyOnce => {
+            if reason.is_error() {
+                // A PUBREC with an error ends the exchange: no PUBREL will come.
+                if let Some(session) = shard.state.borrow_mut().session(&ack.client_id) {
+                    session.inbound_qos2.remove(&ack.packet_id);
+                }
+            }
+            connection.send(Packet::PubRec(PubRec::with_reason(ack.packet_id, reason)));
+        }
+        QoS::AtMostOnce => {}
+    }
+}
+
+/// Sends each Kafka batch at the latest `linger_us` after its first record, and retries
+/// batches that found their ring full.
+async fn kafka_linger_loop(shard: ShardRef) {
+    let linger = Duration::from_micros(shard.bridge.borrow().linger_us().max(LINGER_TICK_US_MIN));
+    while shard.bridge_activity.wait().await {
+        loop {
+            runtime::sleep(linger).await;
+            if !shard.bridge.borrow_mut().tick(Instant::now()) {
+                break;
+            }
+        }
+    }
+}
+
+/// The finest linger timer we run: below this, timer wake-ups cost more than they save.
+const LINGER_TICK_US_MIN: u64 = 100;
 
 /// Every `sys_interval_secs`, shards send their counters to shard 0, which publishes the
 /// sums as retained `$SYS/broker/...` messages.

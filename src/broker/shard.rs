@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bridge::shard_bridge::ShardBridge;
 use crate::config::BrokerConfig;
 use crate::protocol::{ConnAck, Connect, MqttStr, Protocol, QoS, ReasonCode, RetainHandling};
 use crate::runtime::{ShardId, ShardSenders, Signal};
@@ -78,6 +79,10 @@ pub struct ShardContext {
     pub connections_open: Arc<AtomicUsize>,
     pub shutting_down: Arc<AtomicBool>,
     pub started_at: Instant,
+    /// This shard's side of the Kafka pipeline (no mappings: a plain MQTT broker).
+    pub bridge: RefCell<ShardBridge>,
+    /// Notified when a Kafka batch gets its first record, to start its linger timer.
+    pub bridge_activity: Signal,
 }
 
 pub type ShardRef = Rc<ShardContext>;

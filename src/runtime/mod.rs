@@ -218,3 +218,84 @@ impl Signal {
         self.semaphore.close();
     }
 }
+
+/// Wakes a shard from another thread (a Kafka producer thread with delivery reports, say).
+/// The sending end is a plain socket; a wake is one byte, written only when the shard has
+/// not been woken since it last looked, so a busy producer writes rarely.
+pub struct CrossThreadWake {
+    stream: std::os::unix::net::UnixStream,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The shard's end of a [`CrossThreadWake`]; `Send`, so it can be made before the shard
+/// starts, and turned into a [`WakeListener`] on it.
+pub struct WakeEnd {
+    fd: OwnedFd,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub struct WakeListener {
+    stream: glommio::net::UnixStream,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub fn cross_thread_wake() -> io::Result<(CrossThreadWake, WakeEnd)> {
+    let (sender, receiver) = std::os::unix::net::UnixStream::pair()?;
+    sender.set_nonblocking(true)?;
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    Ok((
+        CrossThreadWake {
+            stream: sender,
+            armed: armed.clone(),
+        },
+        WakeEnd {
+            fd: receiver.into(),
+            armed,
+        },
+    ))
+}
+
+impl CrossThreadWake {
+    /// Another sender for the same listener (one per producer thread of a shard).
+    pub fn try_clone(&self) -> io::Result<CrossThreadWake> {
+        Ok(CrossThreadWake {
+            stream: self.stream.try_clone()?,
+            armed: self.armed.clone(),
+        })
+    }
+
+    pub fn wake(&self) {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            // A full socket means a wake is already pending: nothing is lost.
+            let _ = (&self.stream).write(&[1]);
+        }
+    }
+}
+
+impl WakeEnd {
+    /// On the shard that will wait.
+    pub fn listen(self) -> WakeListener {
+        use std::os::fd::IntoRawFd;
+        WakeListener {
+            // SAFETY: a connected Unix socket that we own.
+            stream: unsafe { glommio::net::UnixStream::from_raw_fd(self.fd.into_raw_fd()) },
+            armed: self.armed,
+        }
+    }
+}
+
+impl WakeListener {
+    /// Returns after a wake; the caller then drains what it was woken for. `false` if the
+    /// other end is gone.
+    pub async fn wait(&mut self) -> bool {
+        use futures_lite::AsyncReadExt;
+        use std::sync::atomic::Ordering;
+        let mut bytes = [0u8; 64];
+        let alive = matches!(self.stream.read(&mut bytes).await, Ok(n) if n > 0);
+        // Disarm before the caller drains, so a wake racing with the drain is not lost.
+        self.armed.store(false, Ordering::Release);
+        alive
+    }
+}

@@ -1,0 +1,10 @@
+//! The Kafka bridge: which MQTT messages go to which Kafka cluster and topic, and how.
+//!
+//! `mapping.rs` and `template.rs` compile the `[[kafka.mapping]]` sections; `shard_bridge.rs`
+//! is a shard's side (batches per cluster, pending acknowledgements); `producer.rs` is the
+//! producer thread of each (shard, cluster), fed by a bounded lock-free ring.
+
+pub mod mapping;
+pub mod producer;
+pub mod shard_bridge;
+pub mod template;

@@ -1,0 +1,466 @@
+//! A shard's side of the Kafka pipeline: match mappings, append records to the per-cluster
+//! batch, hand full (or lingered) batches to the cluster's ring, and turn delivery reports
+//! into PUBACK/PUBREC once every record of a message is safe.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::broker::connection::Connection;
+use crate::broker::message::Message;
+use crate::config::BatchingConfig;
+use crate::protocol::{MqttStr, QoS, ReasonCode};
+
+use bytes::Bytes;
+
+use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings};
+use super::producer::{Batch, Lane, ProducerHandle, Record};
+use super::template::{sanitize_kafka_topic, RenderContext};
+
+/// A PUBLISH waiting for Kafka before its acknowledgement.
+pub struct PendingAck {
+    pub connection: Rc<Connection>,
+    pub client_id: MqttStr,
+    pub packet_id: u16,
+    pub qos: QoS,
+    /// Records not yet reported.
+    remaining: u32,
+    /// The first failure, if any record failed for good.
+    pub error: Option<RDKafkaErrorCode>,
+    pub published_at: Instant,
+}
+
+/// An acknowledgement that is due.
+pub struct Completed {
+    pub ack: PendingAck,
+    pub latency_us: u64,
+}
+
+/// What happened to a message on its way to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// No mapping matched, or none asks to wait: acknowledge now.
+    AckNow,
+    /// Acknowledge when ticket `n` completes.
+    Deferred(u64),
+}
+
+/// Counters of one mapping (index = mapping index).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MappingCounters {
+    pub matched: u64,
+    pub produced: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub dropped_ring_full: u64,
+}
+
+struct ClusterLane {
+    producer: ProducerHandle,
+    batch: Batch,
+    batch_bytes: usize,
+    /// A batch the ring had no room for; publishers of QoS 1/2 wait while it is here.
+    held: Option<Batch>,
+    /// When the current batch got its first record.
+    batch_started: Option<Instant>,
+    latency_us: Histogram<u64>,
+}
+
+pub struct ShardBridge {
+    pub mappings: Mappings,
+    lanes: Vec<ClusterLane>,
+    batching: BatchingConfig,
+    pending: HashMap<u64, PendingAck>,
+    next_ticket: u64,
+    pub counters: Vec<MappingCounters>,
+    /// QoS 0 records dropped because the ring was full.
+    pub dropped_qos0_ring_full: u64,
+    render: Vec<u8>,
+}
+
+/// Highest latency the histograms track: an hour.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+impl ShardBridge {
+    pub fn new(
+        mappings: Mappings,
+        producers: Vec<ProducerHandle>,
+        batching: BatchingConfig,
+    ) -> ShardBridge {
+        let counters = vec![MappingCounters::default(); mappings.len()];
+        ShardBridge {
+            mappings,
+            lanes: producers
+                .into_iter()
+                .map(|producer| ClusterLane {
+                    producer,
+                    batch: Vec::new(),
+                    batch_bytes: 0,
+                    held: None,
+                    batch_started: None,
+                    latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                        .expect("valid histogram bounds"),
+                })
+                .collect(),
+            batching,
+            pending: HashMap::new(),
+            next_ticket: 1,
+            counters,
+            dropped_qos0_ring_full: 0,
+            render: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mappings.len() == 0
+    }
+
+    pub fn linger_us(&self) -> u64 {
+        self.batching.linger_us
+    }
+
+    /// Whether a message on `topic` goes to MQTT subscribers too, and whether any mapping
+    /// takes it.
+    pub fn plan(&mut self, topic: &str) -> (bool, bool) {
+        if self.is_empty() {
+            return (true, false);
+        }
+        let mut any = false;
+        let mut forward = true;
+        self.mappings.for_each_match(topic, |mapping| {
+            any = true;
+            forward &= mapping.mqtt_subscribers;
+        });
+        (forward, any)
+    }
+
+    /// Some cluster's ring is full: QoS 1/2 publishers wait before submitting more.
+    pub fn is_backlogged(&self) -> bool {
+        self.lanes.iter().any(|lane| lane.held.is_some())
+    }
+
+    /// Appends the records of `message` to their batches. `ack` is the PUBLISH to
+    /// acknowledge (QoS 1/2), if any.
+    pub fn submit(
+        &mut self,
+        message: &Message,
+        username: Option<&str>,
+        ack: Option<(Rc<Connection>, u16)>,
+        now: Instant,
+    ) -> Submitted {
+        let qos = message.qos;
+        let ticket = self.next_ticket;
+        let mut waiting_records = 0u32;
+        let mut new_records: Vec<(usize, Record)> = Vec::new();
+        let context = RenderContext {
+            topic: &message.topic,
+            client_id: &message.publisher,
+            username,
+            user_properties: &message.properties.user_properties,
+        };
+        let render = &mut self.render;
+        let counters = &mut self.counters;
+        let wait_for_kafka = ack.is_some();
+        self.mappings.for_each_match(&message.topic, |mapping| {
+            counters[mapping.index].matched += 1;
+            render.clear();
+            mapping.topic.render(&context, render);
+            sanitize_kafka_topic(render);
+            let topic = String::from_utf8_lossy(render).into_owned();
+            render.clear();
+            mapping.key.render(&context, render);
+            let key = render.clone();
+            let waits = wait_for_kafka && mapping.ack == AckMode::Kafka;
+            if waits {
+                waiting_records += 1;
+            }
+            let record = Record {
+                topic,
+                key,
+                payload: message.payload.clone(),
+                headers: record_headers(mapping.headers, message, username),
+                ticket: if waits { ticket } else { 0 },
+                mapping: mapping.index as u32,
+            };
+            new_records.push((mapping.cluster_index, record));
+        });
+        for (cluster, record) in new_records {
+            let index = record.mapping as usize;
+            if qos == QoS::AtMostOnce && self.lanes[cluster].held.is_some() {
+                // Best effort: a full ring drops QoS 0, counted.
+                self.dropped_qos0_ring_full += 1;
+                self.counters[index].dropped_ring_full += 1;
+                continue;
+            }
+            self.counters[index].produced += 1;
+            self.append(cluster, record, now);
+        }
+        if waiting_records == 0 {
+            return Submitted::AckNow;
+        }
+        let (connection, packet_id) = ack.expect("waiting records imply an ack");
+        self.next_ticket += 1;
+        self.pending.insert(
+            ticket,
+            PendingAck {
+                connection,
+                client_id: message.publisher.clone(),
+                packet_id,
+                qos,
+                remaining: waiting_records,
+                error: None,
+                published_at: now,
+            },
+        );
+        Submitted::Deferred(ticket)
+    }
+
+    fn append(&mut self, cluster: usize, record: Record, now: Instant) {
+        let lane = &mut self.lanes[cluster];
+        lane.batch_bytes += record.size_bytes();
+        lane.batch.push(record);
+        lane.batch_started.get_or_insert(now);
+        if lane.batch.len() >= self.batching.max_messages
+            || lane.batch_bytes >= self.batching.max_bytes
+            || self.batching.linger_us == 0
+        {
+            self.flush(cluster);
+        }
+    }
+
+    /// Hands the cluster's batch to its ring. If the ring is full the batch is held (only
+    /// one: publishers wait meanwhile) and retried by [`ShardBridge::retry_held`].
+    fn flush(&mut self, cluster: usize) {
+        let lane = &mut self.lanes[cluster];
+        if lane.held.is_some() || lane.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut lane.batch);
+        lane.batch_bytes = 0;
+        lane.batch_started = None;
+        let len = batch.len();
+        lane.producer
+            .lane
+            .records_in_ring
+            .fetch_add(len, Ordering::Relaxed);
+        if let Err(batch) = lane.producer.lane.batches.push(batch) {
+            lane.producer
+                .lane
+                .records_in_ring
+                .fetch_sub(len, Ordering::Relaxed);
+            lane.held = Some(batch);
+        }
+        lane.producer.notify();
+    }
+
+    /// Flushes batches older than `linger_us` and retries held ones. Returns whether any
+    /// batch is still open or held (the caller keeps its timer running).
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let linger = std::time::Duration::from_micros(self.batching.linger_us);
+        let mut busy = false;
+        for cluster in 0..self.lanes.len() {
+            self.retry_held(cluster);
+            let lane = &self.lanes[cluster];
+            if lane
+                .batch_started
+                .is_some_and(|t| now.duration_since(t) >= linger)
+            {
+                self.flush(cluster);
+            }
+            let lane = &self.lanes[cluster];
+            busy |= !lane.batch.is_empty() || lane.held.is_some();
+        }
+        busy
+    }
+
+    fn retry_held(&mut self, cluster: usize) {
+        let lane = &mut self.lanes[cluster];
+        if let Some(batch) = lane.held.take() {
+            let len = batch.len();
+            lane.producer
+                .lane
+                .records_in_ring
+                .fetch_add(len, Ordering::Relaxed);
+            if let Err(batch) = lane.producer.lane.batches.push(batch) {
+                lane.producer
+                    .lane
+                    .records_in_ring
+                    .fetch_sub(len, Ordering::Relaxed);
+                lane.held = Some(batch);
+            }
+            lane.producer.notify();
+        }
+    }
+
+    /// Applies the delivery reports that came back; returns the acknowledgements now due.
+    pub fn drain_reports(&mut self, now: Instant) -> Vec<Completed> {
+        let mut completed = Vec::new();
+        for lane in &mut self.lanes {
+            while let Some(report) = lane.producer.lane.reports.pop() {
+                let counters = self.counters.get_mut(report.mapping as usize);
+                match (report.result, counters) {
+                    (Ok(()), Some(c)) => c.acknowledged += 1,
+                    (Err(_), Some(c)) => c.failed += 1,
+                    _ => {}
+                }
+                if report.ticket == 0 {
+                    continue;
+                }
+                let Some(pending) = self.pending.get_mut(&report.ticket) else {
+                    continue;
+                };
+                pending.remaining -= 1;
+                if let Err(code) = report.result {
+                    pending.error.get_or_insert(code);
+                }
+                if pending.remaining == 0 {
+                    let ack = self.pending.remove(&report.ticket).expect("present");
+                    let latency_us = now.duration_since(ack.published_at).as_micros() as u64;
+                    let _ = lane.latency_us.record(latency_us.clamp(1, LATENCY_US_MAX));
+                    completed.push(Completed { ack, latency_us });
+                }
+            }
+        }
+        completed
+    }
+
+    /// Whether the PUBLISH `packet_id` of this connection is still waiting for Kafka (a
+    /// resent QoS 2 PUBLISH must then not be acknowledged yet).
+    pub fn is_pending(&self, connection_id: u64, packet_id: u16) -> bool {
+        self.pending
+            .values()
+            .any(|p| p.connection.id == connection_id && p.packet_id == packet_id)
+    }
+
+    /// Per cluster: records in the ring, records in librdkafka, and delivery latency
+    /// percentiles (p50, p99, p99.9) in µs.
+    pub fn cluster_gauges(&self) -> Vec<(usize, i64, [u64; 3])> {
+        self.lanes
+            .iter()
+            .map(|lane| {
+                let h = &lane.latency_us;
+                (
+                    lane.producer.lane.records_in_ring.load(Ordering::Relaxed),
+                    lane.producer
+                        .lane
+                        .records_in_librdkafka
+                        .load(Ordering::Relaxed),
+                    [
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.99),
+                        h.value_at_quantile(0.999),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The Kafka record headers a mapping asks for. Values are slices of the message (or
+/// static strings): nothing is copied until librdkafka copies.
+fn record_headers(
+    fields: HeaderSet,
+    message: &Message,
+    username: Option<&str>,
+) -> Vec<(&'static str, Bytes)> {
+    let mut headers = Vec::new();
+    if fields.is_empty() {
+        return headers;
+    }
+    let properties = &message.properties;
+    for field in fields.iter() {
+        match field {
+            HeaderField::MqttTopic => {
+                headers.push(("mqtt_topic", message.topic.as_bytes().clone()))
+            }
+            HeaderField::ClientId => {
+                headers.push(("client_id", message.publisher.as_bytes().clone()))
+            }
+            HeaderField::Username => {
+                if let Some(username) = username {
+                    headers.push(("username", Bytes::copy_from_slice(username.as_bytes())));
+                }
+            }
+            HeaderField::Qos => {
+                headers.push(("qos", Bytes::from_static(QOS_TEXT[message.qos as usize])))
+            }
+            HeaderField::Retain => headers.push((
+                "retain",
+                Bytes::from_static(if message.retain { b"1" } else { b"0" }),
+            )),
+            HeaderField::UserProperties => {
+                // Header names must be 'static here; user property names are not, so they go
+                // in one header each as "name=value" under "user_property".
+                for property in &properties.user_properties {
+                    let mut value =
+                        Vec::with_capacity(property.name.len() + 1 + property.value.len());
+                    value.extend_from_slice(property.name.as_bytes());
+                    value.push(b'=');
+                    value.extend_from_slice(property.value.as_bytes());
+                    headers.push(("user_property", Bytes::from(value)));
+                }
+            }
+            HeaderField::ContentType => {
+                if let Some(content_type) = &properties.content_type {
+                    headers.push(("content_type", content_type.as_bytes().clone()));
+                }
+            }
+            HeaderField::ResponseTopic => {
+                if let Some(topic) = &properties.response_topic {
+                    headers.push(("response_topic", topic.as_bytes().clone()));
+                }
+            }
+            HeaderField::CorrelationData => {
+                if let Some(data) = &properties.correlation_data {
+                    headers.push(("correlation_data", data.clone()));
+                }
+            }
+            HeaderField::PayloadFormat => {
+                if let Some(format) = properties.payload_format_indicator {
+                    headers.push((
+                        "payload_format",
+                        Bytes::from_static(if format == 1 { b"utf-8" } else { b"bytes" }),
+                    ));
+                }
+            }
+        }
+    }
+    headers
+}
+
+const QOS_TEXT: [&[u8]; 3] = [b"0", b"1", b"2"];
+
+/// The reason code for a PUBACK/PUBREC after Kafka refused a record for good
+/// (3.4.2.1: 0x80 unless a closer one applies).
+pub fn failure_reason(code: RDKafkaErrorCode) -> ReasonCode {
+    match code {
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => ReasonCode::NotAuthorized,
+        RDKafkaErrorCode::InvalidTopic | RDKafkaErrorCode::UnknownTopic => {
+            ReasonCode::TopicNameInvalid
+        }
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::PolicyViolation => {
+            ReasonCode::ImplementationSpecificError
+        }
+        RDKafkaErrorCode::QueueFull => ReasonCode::QuotaExceeded,
+        _ => ReasonCode::UnspecifiedError,
+    }
+}
+
+/// Starts the producers of every cluster for one shard; `Arc<Lane>`s are shared with
+/// their threads.
+pub fn lane(ring_capacity_batches: usize, batch_max_messages: usize) -> Arc<Lane> {
+    // Reports: room for every record the ring and a full librdkafka queue can hold is not
+    // needed; the shard drains continuously. One report per record of two full rings.
+    let reports_capacity = (ring_capacity_batches * batch_max_messages * 2).max(1024);
+    Arc::new(Lane::new(ring_capacity_batches, reports_capacity))
+}
