@@ -163,6 +163,10 @@ pub struct BrokerConfig {
     pub inter_shard_channel_capacity: usize,
     /// Seconds between publications of the broker's statistics under `$SYS/`; 0 disables them.
     pub sys_interval_secs: u32,
+    /// Address of the HTTP endpoint serving Prometheus metrics (`/metrics`) and health
+    /// (`/healthz`, `/readyz`); none by default.
+    #[serde(deserialize_with = "deserialize_optional_socket_addr")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl Default for BrokerConfig {
@@ -183,6 +187,7 @@ impl Default for BrokerConfig {
             retain_available: true,
             inter_shard_channel_capacity: 4096,
             sys_interval_secs: 10,
+            metrics_bind: None,
         }
     }
 }
@@ -412,6 +417,10 @@ pub struct BrokerArgs {
     /// Seconds between $SYS publications; 0 disables them. [default: 10]
     #[arg(long, value_name = "SECS")]
     pub sys_interval_secs: Option<u32>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz, /readyz); TOML
+    /// broker.metrics_bind. [default: none]
+    #[arg(long = "metrics", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Records per Kafka batch; TOML batching.max_messages. [default: 512]
     #[arg(long = "batch-max-messages", value_name = "N")]
     pub batch_max_messages: Option<usize>,
@@ -497,6 +506,7 @@ impl Config {
             retain_available,
             inter_shard_channel_capacity,
             sys_interval_secs,
+            metrics_bind,
             batch_max_messages,
             batch_max_bytes,
             batch_linger_us,
@@ -529,6 +539,9 @@ impl Config {
             inter_shard_channel_capacity,
         );
         set(&mut b.sys_interval_secs, sys_interval_secs);
+        if metrics_bind.is_some() {
+            b.metrics_bind = metrics_bind;
+        }
         let g = &mut self.batching;
         set(&mut g.max_messages, batch_max_messages);
         set(&mut g.max_bytes, batch_max_bytes);
@@ -816,6 +829,12 @@ fn deserialize_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr
         .map_err(|_| de::Error::custom(format!("{text:?} is not an IP address and port")))
 }
 
+fn deserialize_optional_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    deserialize_socket_addr(d).map(Some)
+}
+
 /// Accepts `cores = "0-3,6"` as well as `cores = [0, 1, 2, 3, 6]`.
 fn deserialize_cores<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CpuList>, D::Error> {
     struct CoresVisitor;
@@ -1080,6 +1099,7 @@ mod tests {
             "--batch-max-bytes=14",
             "--batch-linger-us=15",
             "--ring-capacity-batches=16",
+            "--metrics=127.0.0.1:9100",
         ]));
         let batching = BatchingConfig {
             max_messages: 13,
@@ -1103,6 +1123,7 @@ mod tests {
             retain_available: false,
             inter_shard_channel_capacity: 11,
             sys_interval_secs: 12,
+            metrics_bind: Some("127.0.0.1:9100".parse().unwrap()),
         };
         assert_eq!(config.broker, expected);
     }
@@ -1400,6 +1421,7 @@ mod tests {
                 d.inter_shard_channel_capacity.to_string(),
             ),
             ("sys_interval_secs", d.sys_interval_secs.to_string()),
+            ("metrics_bind", "none".to_string()),
             ("batch_max_messages", g.max_messages.to_string()),
             ("batch_max_bytes", g.max_bytes.to_string()),
             ("batch_linger_us", g.linger_us.to_string()),

@@ -4,6 +4,7 @@
 //! - [`broker`]: the MQTT broker: shards, sessions, routing, retained messages, wills.
 //! - [`bridge`]: the Kafka bridge: mappings from MQTT topic filters to Kafka topics and keys.
 //! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
+//! - [`metrics`]: per-shard snapshots merged for the Prometheus endpoint and `$SYS`.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
 //! - [`runtime`]: the seam over glommio: pinned executors, shard channels, timers, TCP.
 //!
@@ -16,5 +17,6 @@
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;

@@ -4,6 +4,7 @@
 //! is a shard's side (batches per cluster, pending acknowledgements); `producer.rs` is the
 //! producer thread of each (shard, cluster), fed by a bounded lock-free ring.
 
+pub mod health;
 pub mod mapping;
 pub mod producer;
 pub mod shard_bridge;

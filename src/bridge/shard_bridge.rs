@@ -14,6 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use crate::broker::connection::Connection;
 use crate::broker::message::Message;
 use crate::config::BatchingConfig;
+use crate::metrics::{new_latency_histogram, ClusterSnapshot, LATENCY_US_MAX};
 use crate::protocol::{MqttStr, QoS, ReasonCode};
 
 use bytes::Bytes;
@@ -83,9 +84,6 @@ pub struct ShardBridge {
     render: Vec<u8>,
 }
 
-/// Highest latency the histograms track: an hour.
-const LATENCY_US_MAX: u64 = 3_600_000_000;
-
 impl ShardBridge {
     pub fn new(
         mappings: Mappings,
@@ -103,8 +101,7 @@ impl ShardBridge {
                     batch_bytes: 0,
                     held: None,
                     batch_started: None,
-                    latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
-                        .expect("valid histogram bounds"),
+                    latency_us: new_latency_histogram(),
                 })
                 .collect(),
             batching,
@@ -337,31 +334,28 @@ impl ShardBridge {
             .any(|p| p.connection.id == connection_id && p.packet_id == packet_id)
     }
 
-    /// Per cluster: records in the ring, records in librdkafka, and delivery latency
-    /// percentiles (p50, p99, p99.9) in µs.
-    pub fn cluster_gauges(&self) -> Vec<(usize, i64, [u64; 3])> {
-        self.lanes
-            .iter()
-            .map(|lane| {
-                let h = &lane.latency_us;
-                (
-                    lane.producer.lane.records_in_ring.load(Ordering::Relaxed),
-                    lane.producer
-                        .lane
-                        .records_in_librdkafka
-                        .load(Ordering::Relaxed),
-                    [
-                        h.value_at_quantile(0.5),
-                        h.value_at_quantile(0.99),
-                        h.value_at_quantile(0.999),
-                    ],
-                )
-            })
-            .collect()
-    }
-
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Counters and gauges for the metrics board.
+    pub fn snapshot(&self) -> (Vec<MappingCounters>, Vec<ClusterSnapshot>) {
+        let clusters = self
+            .lanes
+            .iter()
+            .map(|lane| ClusterSnapshot {
+                records_in_ring: lane.producer.lane.records_in_ring.load(Ordering::Relaxed) as u64
+                    + lane.batch.len() as u64
+                    + lane.held.as_ref().map_or(0, |b| b.len() as u64),
+                records_in_librdkafka: lane
+                    .producer
+                    .lane
+                    .records_in_librdkafka
+                    .load(Ordering::Relaxed),
+                latency_us: lane.latency_us.clone(),
+            })
+            .collect();
+        (self.counters.clone(), clusters)
     }
 }
 

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig};
+use crate::metrics::{self, Board, MappingLabel, ShardSnapshot};
 use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{self, ShardEnv};
 
@@ -58,6 +60,16 @@ pub fn run(config: Config) -> io::Result<()> {
         );
     }
     let kafka = start_kafka_producers(&config, cpus.len())?;
+    let board = Arc::new(metrics_board(&config, cpus.len())?);
+    if let Some(addr) = config.broker.metrics_bind {
+        let addr = metrics::serve(addr, board.clone()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("broker.metrics_bind: cannot listen on {addr}: {e}"),
+            )
+        })?;
+        println!("ferrymq: metrics on http://{addr}/metrics");
+    }
     let stoppers: Vec<_> = kafka.iter().flat_map(|k| k.stoppers.clone()).collect();
     let mut kafka = kafka;
     let joins: Vec<_> = kafka.iter_mut().flat_map(|k| k.joins.drain(..)).collect();
@@ -82,6 +94,7 @@ pub fn run(config: Config) -> io::Result<()> {
             shard_main(
                 env,
                 shard_config.clone(),
+                board.clone(),
                 producers,
                 listeners.clone(),
                 connections_open.clone(),
@@ -100,6 +113,55 @@ pub fn run(config: Config) -> io::Result<()> {
     result?;
     println!("ferrymq: stopped");
     Ok(())
+}
+
+/// The metrics board, with a Kafka probe per cluster.
+fn metrics_board(config: &Config, shard_count: usize) -> io::Result<Board> {
+    let mut kafka_up = Vec::new();
+    for (name, cluster) in &config.kafka.clusters {
+        let up = health::spawn_probe(name, &cluster.bootstrap, &cluster.config).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("kafka.clusters.{name}.config: {e}"),
+            )
+        })?;
+        kafka_up.push(up);
+    }
+    let mappings = config
+        .kafka
+        .mappings
+        .iter()
+        .map(|m| MappingLabel {
+            mqtt: m.mqtt.clone(),
+            cluster: config.kafka.cluster_of(m).unwrap_or_default().to_string(),
+        })
+        .collect();
+    Ok(Board::new(
+        shard_count,
+        config.kafka.clusters.keys().cloned().collect(),
+        mappings,
+        kafka_up,
+    ))
+}
+
+/// How often a shard leaves its snapshot on the metrics board.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn metrics_loop(shard: ShardRef) {
+    loop {
+        runtime::sleep(METRICS_INTERVAL).await;
+        let bridge = shard.bridge.borrow();
+        let (mappings, clusters) = bridge.snapshot();
+        let snapshot = ShardSnapshot {
+            stats: shard.stats.snapshot(),
+            mappings,
+            clusters,
+            dropped_qos0_ring_full: bridge.dropped_qos0_ring_full,
+            pending_acks: bridge.pending_count() as u64,
+        };
+        drop(bridge);
+        shard.board.publish(shard.id, snapshot);
+    }
 }
 
 /// What every shard is configured with.
@@ -179,6 +241,7 @@ fn resolve_listeners(config: &Config) -> io::Result<Vec<SocketAddr>> {
 async fn shard_main(
     mut env: ShardEnv<ShardMessage>,
     shard_config: Arc<ShardConfig>,
+    board: Arc<Board>,
     producers: ShardProducers,
     listeners: Vec<SocketAddr>,
     connections_open: Arc<AtomicUsize>,
@@ -209,7 +272,9 @@ async fn shard_main(
         started_at: Instant::now(),
         bridge: RefCell::new(bridge),
         bridge_activity: runtime::Signal::new(),
+        board,
     });
+    runtime::spawn(metrics_loop(shard.clone()));
     runtime::spawn(kafka_reports_loop(
         shard.clone(),
         producers.reports.listen(),
@@ -400,6 +465,38 @@ async fn sys_loop(shard: ShardRef) {
             ),
             ("$SYS/broker/shards".to_string(), shard.count.to_string()),
         ];
+        let kafka = shard.board.totals();
+        for (index, name) in shard.board.cluster_names.iter().enumerate() {
+            let (in_ring, in_librdkafka, latency) = &kafka.clusters[index];
+            let up = shard.board.kafka_up[index].load(Ordering::Relaxed);
+            let prefix = format!("$SYS/broker/kafka/clusters/{name}");
+            topics.push((format!("{prefix}/up"), u8::from(up).to_string()));
+            topics.push((format!("{prefix}/records_in_ring"), in_ring.to_string()));
+            topics.push((
+                format!("{prefix}/records_in_librdkafka"),
+                in_librdkafka.to_string(),
+            ));
+            for (label, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+                topics.push((
+                    format!("{prefix}/delivery_latency_us/{label}"),
+                    latency.value_at_quantile(quantile).to_string(),
+                ));
+            }
+        }
+        for (index, counters) in kafka.mappings.iter().enumerate() {
+            let prefix = format!("$SYS/broker/kafka/mappings/{index}");
+            topics.push((format!("{prefix}/matched"), counters.matched.to_string()));
+            topics.push((format!("{prefix}/produced"), counters.produced.to_string()));
+            topics.push((
+                format!("{prefix}/acknowledged"),
+                counters.acknowledged.to_string(),
+            ));
+            topics.push((format!("{prefix}/failed"), counters.failed.to_string()));
+            topics.push((
+                format!("{prefix}/dropped_ring_full"),
+                counters.dropped_ring_full.to_string(),
+            ));
+        }
         for (name, value) in total.fields() {
             topics.push((
                 format!("$SYS/broker/{}", name.replacen('_', "/", 1)),

@@ -83,6 +83,8 @@ pub struct ShardContext {
     pub bridge: RefCell<ShardBridge>,
     /// Notified when a Kafka batch gets its first record, to start its linger timer.
     pub bridge_activity: Signal,
+    /// Where this shard leaves its metrics once a second.
+    pub board: Arc<crate::metrics::Board>,
 }
 
 pub type ShardRef = Rc<ShardContext>;
