@@ -149,7 +149,7 @@ pub fn render_prometheus(board: &Board) -> String {
         "# TYPE ferrymq_kafka_pending_acks gauge\nferrymq_kafka_pending_acks {}",
         totals.pending_acks
     );
-    let counters: [(&str, fn(&MappingCounters) -> u64); 5] = [
+    let counters: [(&str, CounterOf); 5] = [
         ("matched", |m| m.matched),
         ("produced", |m| m.produced),
         ("acknowledged", |m| m.acknowledged),
@@ -207,6 +207,9 @@ pub fn render_prometheus(board: &Board) -> String {
     }
     out
 }
+
+/// Reads one counter of a mapping.
+type CounterOf = fn(&MappingCounters) -> u64;
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
