@@ -86,6 +86,39 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// How records are grouped on their way to Kafka; TOML `[batching]`.
     pub batching: BatchingConfig,
+    /// The on-disk log behind `ack = "durable"`; TOML `[spool]`.
+    pub spool: SpoolConfig,
+}
+
+/// The per-shard durable log; TOML `[spool]`. Used only by `ack = "durable"` mappings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+pub struct SpoolConfig {
+    /// Directory of the logs, one subdirectory per shard (`shard-N`).
+    pub data_dir: PathBuf,
+    /// Longest a record waits for its flush (group commit). 1 ms keeps PUBACK latency low
+    /// while many records share one `fdatasync` under load.
+    pub sync_us: u64,
+    /// A flush starts at once when this many bytes wait. 1 MiB.
+    pub sync_bytes: usize,
+    /// Bytes on disk per shard before durable publishers are held back (Kafka away for
+    /// long). 1 GiB.
+    pub max_bytes: u64,
+    /// Size at which a segment file is closed and a new one started; a segment is deleted
+    /// once Kafka has all its records. 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> SpoolConfig {
+        SpoolConfig {
+            data_dir: PathBuf::from("ferrymq-data"),
+            sync_us: 1000,
+            sync_bytes: 1024 * 1024,
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -98,6 +131,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             kafka: KafkaConfig::default(),
             batching: BatchingConfig::default(),
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -362,6 +396,11 @@ impl Default for BatchingConfig {
     }
 }
 
+/// Longest group-commit wait: beyond a second, PUBACKs would stall devices.
+pub const SPOOL_SYNC_US_MAX: u64 = 1_000_000;
+/// Smallest segment: a few direct-I/O blocks.
+pub const SPOOL_SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
 /// Broker flags, flattened into the `ferrymq` command. Each overrides the file's value; a flag
 /// not given leaves the file's value (or the default) in place.
 #[derive(Args, Clone, Debug, Default)]
@@ -435,6 +474,19 @@ pub struct BrokerArgs {
     /// [default: 256]
     #[arg(long = "ring-capacity-batches", value_name = "N")]
     pub ring_capacity_batches: Option<usize>,
+    /// Directory of the durable spool; TOML spool.data_dir. [default: ferrymq-data]
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Longest wait for a spool flush; TOML spool.sync_us. [default: 1000]
+    #[arg(long = "spool-sync-us", value_name = "US")]
+    pub spool_sync_us: Option<u64>,
+    /// Bytes that start a spool flush at once; TOML spool.sync_bytes. [default: 1048576]
+    #[arg(long = "spool-sync-bytes", value_name = "BYTES")]
+    pub spool_sync_bytes: Option<usize>,
+    /// Spool bytes per shard before durable publishers wait; TOML spool.max_bytes.
+    /// [default: 1073741824]
+    #[arg(long = "spool-max-bytes", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// A configuration error, one line, naming the key as written in TOML.
@@ -511,6 +563,10 @@ impl Config {
             batch_max_bytes,
             batch_linger_us,
             ring_capacity_batches,
+            ref data_dir,
+            spool_sync_us,
+            spool_sync_bytes,
+            spool_max_bytes,
         } = *args;
         fn set<T>(field: &mut T, flag: Option<T>) {
             if let Some(value) = flag {
@@ -547,6 +603,11 @@ impl Config {
         set(&mut g.max_bytes, batch_max_bytes);
         set(&mut g.linger_us, batch_linger_us);
         set(&mut g.ring_capacity_batches, ring_capacity_batches);
+        let p = &mut self.spool;
+        set(&mut p.data_dir, data_dir.clone());
+        set(&mut p.sync_us, spool_sync_us);
+        set(&mut p.sync_bytes, spool_sync_bytes);
+        set(&mut p.max_bytes, spool_max_bytes);
     }
 
     /// Checks every value against its bounds; the error names the first key out of bounds.
@@ -617,6 +678,18 @@ impl Config {
         // 0 is allowed: a batch leaves as soon as the producer can take it.
         at_most("batching.linger_us", g.linger_us, BATCHING_LINGER_US_MAX)?;
         at_least("batching.ring_capacity_batches", g.ring_capacity_batches, 1)?;
+        let p = &self.spool;
+        at_most("spool.sync_us", p.sync_us, SPOOL_SYNC_US_MAX)?;
+        at_least("spool.sync_bytes", p.sync_bytes, 1)?;
+        at_least(
+            "spool.segment_bytes",
+            p.segment_bytes,
+            SPOOL_SEGMENT_BYTES_MIN,
+        )?;
+        at_least("spool.max_bytes", p.max_bytes, p.segment_bytes)?;
+        if p.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("spool.data_dir: cannot be empty".into()));
+        }
         Ok(())
     }
 }
@@ -1316,7 +1389,7 @@ mod tests {
         assert_eq!(
             error,
             "test.toml:1:2: kafkaa: unknown key `kafkaa`, expected one of `listener`, \
-             `broker`, `kafka`, `batching`"
+             `broker`, `kafka`, `batching`, `spool`"
         );
         let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
         assert_eq!(
@@ -1426,6 +1499,16 @@ mod tests {
             ("batch_max_bytes", g.max_bytes.to_string()),
             ("batch_linger_us", g.linger_us.to_string()),
             ("ring_capacity_batches", g.ring_capacity_batches.to_string()),
+            ("data_dir", "ferrymq-data".to_string()),
+            ("spool_sync_us", SpoolConfig::default().sync_us.to_string()),
+            (
+                "spool_sync_bytes",
+                SpoolConfig::default().sync_bytes.to_string(),
+            ),
+            (
+                "spool_max_bytes",
+                SpoolConfig::default().max_bytes.to_string(),
+            ),
         ];
         let command = Cli::command();
         let flags = command.get_arguments().filter(|a| a.get_id() != "config");

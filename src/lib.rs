@@ -6,6 +6,7 @@
 //! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
 //! - [`metrics`]: per-shard snapshots merged for the Prometheus endpoint and `$SYS`.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
+//! - [`spool`]: the per-shard durable log behind `ack = "durable"`.
 //! - [`runtime`]: the seam over glommio: pinned executors, shard channels, timers, TCP.
 //!
 //! The broker, Kafka bridge, spool and runtime seam arrive with their issues; see
@@ -20,3 +21,4 @@ pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;
+pub mod spool;

@@ -243,7 +243,7 @@ fn file_errors_name_file_line_and_key() {
         (
             "[auth]\npassword_file = \"/etc/ferrymq/passwd\"\n",
             ":1:2: auth: unknown key `auth`, expected one of `listener`, `broker`, `kafka`, \
-             `batching`",
+             `batching`, `spool`",
         ),
         (
             "[kafka.clusters.main]\nbootstrap = \"k:9092\"\nconfig = { \"acks\" = [1] }\n",

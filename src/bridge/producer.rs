@@ -107,10 +107,13 @@ const IDLE_PARK_MS: u64 = 100;
 const QUEUE_FULL_POLL_MS: u64 = 10;
 /// How long a stopping producer may take to deliver what it holds.
 const STOP_FLUSH_SECS: u64 = 5;
+/// Pause before trying again when re-creating a producer after a fatal error failed.
+const RECREATE_PAUSE_MS: u64 = 1000;
 
 struct DeliveryContext {
     lane: Arc<Lane>,
-    wake: CrossThreadWake,
+    /// Shared by the producers a lane has over time (see [`spawn_producer`]).
+    wake: Arc<CrossThreadWake>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -180,6 +183,11 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
 
 /// Starts the producer thread of one (shard, cluster). Fails if librdkafka refuses the
 /// configuration, with its message.
+///
+/// A fatal error (the idempotent producer lost track of its sequence, say) makes a
+/// librdkafka producer unusable for good: every later record would fail. The thread then
+/// lets the old producer report what it held (failures, so the devices publish again) and
+/// goes on with a new one.
 pub fn spawn_producer(
     name: String,
     config: ClientConfig,
@@ -191,22 +199,38 @@ pub fn spawn_producer(
     let join = thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let context = DeliveryContext {
-                lane: thread_lane.clone(),
-                wake,
-            };
-            let producer: ThreadedProducer<DeliveryContext> =
-                match config.create_with_context(context) {
-                    Ok(producer) => {
-                        let _ = ready_tx.send(Ok(()));
-                        producer
-                    }
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error.to_string()));
-                        return;
-                    }
+            let wake = Arc::new(wake);
+            let mut ready = Some(ready_tx);
+            loop {
+                let context = DeliveryContext {
+                    lane: thread_lane.clone(),
+                    wake: wake.clone(),
                 };
-            run_sender(&producer, &thread_lane);
+                let producer: ThreadedProducer<DeliveryContext> =
+                    match config.create_with_context(context) {
+                        Ok(producer) => producer,
+                        Err(error) => match ready.take() {
+                            Some(ready) => {
+                                let _ = ready.send(Err(error.to_string()));
+                                return;
+                            }
+                            None if thread_lane.stop.load(Ordering::Acquire) => return,
+                            None => {
+                                thread::sleep(Duration::from_millis(RECREATE_PAUSE_MS));
+                                continue;
+                            }
+                        },
+                    };
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+                if !run_sender(&producer, &thread_lane) {
+                    return;
+                }
+                // Fatal: deliver the reports of what is in flight; dropping the producer
+                // fails the rest, each with a report.
+                let _ = producer.flush(Duration::from_secs(STOP_FLUSH_SECS));
+            }
         })
         .map_err(|e| e.to_string())?;
     match ready_rx.recv() {
@@ -220,7 +244,8 @@ pub fn spawn_producer(
     }
 }
 
-fn run_sender(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane) {
+/// Feeds `producer` until the lane stops (false) or the producer has a fatal error (true).
+fn run_sender(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane) -> bool {
     loop {
         while let Some(batch) = lane.batches.pop() {
             lane.records_in_ring
@@ -230,10 +255,16 @@ fn run_sender(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane) {
             }
             lane.records_in_librdkafka
                 .store(i64::from(producer.in_flight_count()), Ordering::Relaxed);
+            if producer.client().fatal_error().is_some() {
+                return true;
+            }
         }
         if lane.stop.load(Ordering::Acquire) {
             let _ = producer.flush(Duration::from_secs(STOP_FLUSH_SECS));
-            return;
+            return false;
+        }
+        if producer.client().fatal_error().is_some() {
+            return true;
         }
         lane.sender_sleeping.store(true, Ordering::Release);
         if lane.batches.is_empty() && !lane.stop.load(Ordering::Acquire) {

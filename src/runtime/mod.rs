@@ -299,3 +299,80 @@ impl WakeListener {
         alive
     }
 }
+
+/// A file opened for direct I/O (O_DIRECT, through io_uring): writes bypass the page
+/// cache and `sync_data` makes them durable. Offsets and lengths of writes are multiples
+/// of [`DirectFile::alignment`].
+pub struct DirectFile {
+    file: glommio::io::DmaFile,
+}
+
+impl DirectFile {
+    pub async fn create(path: &std::path::Path) -> io::Result<DirectFile> {
+        let file = glommio::io::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(to_io)?;
+        Ok(DirectFile { file })
+    }
+
+    pub async fn open(path: &std::path::Path) -> io::Result<DirectFile> {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(to_io)?;
+        Ok(DirectFile { file })
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.file.alignment()
+    }
+
+    /// Writes `bytes` (its length a multiple of the alignment) at `offset` (aligned).
+    pub async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
+        buffer.as_bytes_mut().copy_from_slice(bytes);
+        let written = self.file.write_at(buffer, offset).await.map_err(to_io)?;
+        if written != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {} bytes", bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(to_io)
+    }
+
+    /// Up to `len` bytes from `offset` (fewer at the end of the file).
+    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let result = self.file.read_at(offset, len).await.map_err(to_io)?;
+        Ok(result.to_vec())
+    }
+
+    pub async fn size(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(to_io)
+    }
+
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await.map_err(to_io)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(to_io)
+    }
+}
+
+fn to_io(error: glommio::GlommioError<()>) -> io::Error {
+    match error {
+        glommio::GlommioError::IoError(error) => error,
+        other => io::Error::other(other.to_string()),
+    }
+}
