@@ -357,8 +357,7 @@ pub enum AckMode {
     /// the message and resends it after a reconnect.
     #[default]
     Kafka,
-    /// Once the record is in the shard's on-disk spool. Refused by [`Config::validate`] until
-    /// the spool exists.
+    /// Once the record is in the shard's on-disk spool (`[spool]`), which then feeds Kafka.
     Durable,
 }
 
@@ -782,13 +781,6 @@ impl KafkaConfig {
             }
         }
 
-        if mapping.ack == AckMode::Durable {
-            return Err(
-                "ack: \"durable\" needs the on-disk spool, which this version does not \
-                        have yet; use \"kafka\" or \"none\""
-                    .to_string(),
-            );
-        }
         Ok(())
     }
 
@@ -1687,11 +1679,6 @@ linger_us = 0
             (
                 "mqtt = \"a\"\ncluster = \"main\"\ntopic = \"t\"\nheaders = [\"qos\", \"qos\"]\n",
                 "kafka.mapping[1].headers: \"qos\" is listed twice",
-            ),
-            (
-                "mqtt = \"a\"\ncluster = \"main\"\ntopic = \"t\"\nack = \"durable\"\n",
-                "kafka.mapping[1].ack: \"durable\" needs the on-disk spool, which this version \
-                 does not have yet; use \"kafka\" or \"none\"",
             ),
         ];
         for (second, expected) in cases {

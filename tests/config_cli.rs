@@ -285,10 +285,8 @@ fn kafka_errors_name_the_key_without_a_position() {
              (known: audit, main)",
         ),
         (
-            "[[kafka.mapping]]\nmqtt = \"a\"\ncluster = \"main\"\ntopic = \"a\"\n\
-             ack = \"durable\"\n",
-            "kafka.mapping[0].ack: \"durable\" needs the on-disk spool, which this version \
-             does not have yet; use \"kafka\" or \"none\"",
+            "[spool]\nsync_us = 2000000\n",
+            "spool.sync_us: 2000000 is above the maximum of 1000000",
         ),
         (
             "[kafka.clusters.more]\nbootstrap = \"m:9092\"\n\

@@ -2,7 +2,8 @@
 //! batch, hand full (or lingered) batches to the cluster's ring, and turn delivery reports
 //! into PUBACK/PUBREC once every record of a message is safe.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use bytes::Bytes;
 use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings};
 use super::producer::{Batch, Lane, ProducerHandle, Record};
 use super::template::{sanitize_kafka_topic, RenderContext};
+use crate::spool::log::{Segment, SpoolLog};
+use crate::spool::record::SpoolRecord;
 
 /// A PUBLISH waiting for Kafka before its acknowledgement.
 pub struct PendingAck {
@@ -82,7 +85,21 @@ pub struct ShardBridge {
     /// QoS 0 records dropped because the ring was full.
     pub dropped_qos0_ring_full: u64,
     render: Vec<u8>,
+    /// The durable log of this shard, when a mapping has `ack = "durable"`.
+    spool: Option<Rc<RefCell<SpoolLog>>>,
+    spool_max_bytes: u64,
+    /// Spooled records not yet flushed, with the ticket each counts towards (0: none).
+    spool_waiting: VecDeque<(u64, u64)>,
+    /// Records read back from the spool that found their ring full; sent first next time.
+    spool_backlog: VecDeque<(usize, Record)>,
+    /// Spooled records whose cluster no longer exists in the configuration.
+    pub spool_dropped_unknown_cluster: u64,
+    /// Segment files Kafka has every record of, for the spool task to delete.
+    pub spool_done_segments: Vec<Segment>,
 }
+
+/// Tickets of spooled records carry this bit; the rest is the record's seq in the spool.
+const SPOOL_TICKET: u64 = 1 << 47;
 
 impl ShardBridge {
     pub fn new(
@@ -110,6 +127,12 @@ impl ShardBridge {
             counters,
             dropped_qos0_ring_full: 0,
             render: Vec::new(),
+            spool: None,
+            spool_max_bytes: u64::MAX,
+            spool_waiting: VecDeque::new(),
+            spool_backlog: VecDeque::new(),
+            spool_dropped_unknown_cluster: 0,
+            spool_done_segments: Vec::new(),
         }
     }
 
@@ -138,7 +161,117 @@ impl ShardBridge {
 
     /// Some cluster's ring is full: QoS 1/2 publishers wait before submitting more.
     pub fn is_backlogged(&self) -> bool {
-        self.lanes.iter().any(|lane| lane.held.is_some())
+        self.lanes.iter().any(|lane| lane.held.is_some()) || self.spool_is_full()
+    }
+
+    /// The spool holds `spool.max_bytes`: durable publishers wait (Kafka away for long).
+    pub fn spool_is_full(&self) -> bool {
+        self.spool
+            .as_ref()
+            .is_some_and(|spool| spool.borrow().bytes() >= self.spool_max_bytes)
+    }
+
+    /// Gives the bridge its durable log.
+    pub fn attach_spool(&mut self, spool: Rc<RefCell<SpoolLog>>, max_bytes: u64) {
+        self.spool = Some(spool);
+        self.spool_max_bytes = max_bytes;
+    }
+
+    pub fn has_durable_mappings(&self) -> bool {
+        self.mappings
+            .as_slice()
+            .iter()
+            .any(|m| m.ack == AckMode::Durable)
+    }
+
+    fn spool_append(&mut self, cluster: usize, record: Record, now: Instant) {
+        let spool = self.spool.as_ref().expect("durable mappings have a spool");
+        let headers = record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect();
+        let spooled = SpoolRecord {
+            seq: 0,
+            cluster: self.mappings.cluster_names()[cluster].clone(),
+            topic: record.topic,
+            key: record.key,
+            headers,
+            payload: record.payload,
+        };
+        let seq = spool.borrow_mut().append(spooled, now);
+        self.counters[record.mapping as usize].produced += 1;
+        self.spool_waiting.push_back((seq, record.ticket));
+    }
+
+    /// The spool's flush made every record up to `last_seq` durable: their waits end.
+    pub fn spool_flushed(&mut self, last_seq: u64, now: Instant) -> Vec<Completed> {
+        let mut completed = Vec::new();
+        while let Some(&(seq, ticket)) = self.spool_waiting.front() {
+            if seq > last_seq {
+                break;
+            }
+            self.spool_waiting.pop_front();
+            if ticket != 0 {
+                self.count_down(ticket, Ok(()), now, &mut completed, None);
+            }
+        }
+        completed
+    }
+
+    /// Hands records read back from the spool to their rings; keeps what does not fit.
+    /// Returns `false` when a ring is full (stop reading).
+    pub fn feed_spooled(&mut self, records: Vec<(u64, SpoolRecord)>, now: Instant) -> bool {
+        for (seq, spooled) in records {
+            let Some(cluster) = self
+                .mappings
+                .cluster_names()
+                .iter()
+                .position(|name| *name == spooled.cluster)
+            else {
+                // The cluster left the configuration: nowhere to send it.
+                self.spool_dropped_unknown_cluster += 1;
+                self.spool_acked(seq);
+                continue;
+            };
+            let record = Record {
+                topic: spooled.topic,
+                key: spooled.key,
+                payload: spooled.payload,
+                headers: spooled
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (static_header_name(&name), value))
+                    .collect(),
+                ticket: SPOOL_TICKET | seq,
+                mapping: u32::MAX,
+            };
+            self.spool_backlog.push_back((cluster, record));
+        }
+        self.drain_spool_backlog(now)
+    }
+
+    /// Sends backlogged spool records while their rings take them.
+    pub fn drain_spool_backlog(&mut self, now: Instant) -> bool {
+        while let Some((cluster, _)) = self.spool_backlog.front() {
+            let cluster = *cluster;
+            if self.lanes[cluster].held.is_some() {
+                return false;
+            }
+            let (_, record) = self.spool_backlog.pop_front().expect("front exists");
+            self.append(cluster, record, now);
+        }
+        for cluster in 0..self.lanes.len() {
+            self.flush(cluster);
+        }
+        true
+    }
+
+    fn spool_acked(&mut self, seq: u64) {
+        if let Some(spool) = &self.spool {
+            let done = spool.borrow_mut().acked(seq);
+            self.spool_done_segments.extend(done);
+        }
     }
 
     /// Appends the records of `message` to their batches. `ack` is the PUBLISH to
@@ -153,7 +286,7 @@ impl ShardBridge {
         let qos = message.qos;
         let ticket = self.next_ticket;
         let mut waiting_records = 0u32;
-        let mut new_records: Vec<(usize, Record)> = Vec::new();
+        let mut new_records: Vec<(usize, Record, AckMode)> = Vec::new();
         let context = RenderContext {
             topic: &message.topic,
             client_id: &message.publisher,
@@ -172,7 +305,9 @@ impl ShardBridge {
             render.clear();
             mapping.key.render(&context, render);
             let key = render.clone();
-            let waits = wait_for_kafka && mapping.ack == AckMode::Kafka;
+            // `kafka` waits for Kafka; `durable` waits for the spool's flush (QoS 0 too is
+            // spooled, but nobody waits).
+            let waits = wait_for_kafka && mapping.ack != AckMode::None;
             if waits {
                 waiting_records += 1;
             }
@@ -184,10 +319,14 @@ impl ShardBridge {
                 ticket: if waits { ticket } else { 0 },
                 mapping: mapping.index as u32,
             };
-            new_records.push((mapping.cluster_index, record));
+            new_records.push((mapping.cluster_index, record, mapping.ack));
         });
-        for (cluster, record) in new_records {
+        for (cluster, record, ack_mode) in new_records {
             let index = record.mapping as usize;
+            if ack_mode == AckMode::Durable {
+                self.spool_append(cluster, record, now);
+                continue;
+            }
             if qos == QoS::AtMostOnce && self.lanes[cluster].held.is_some() {
                 // Best effort: a full ring drops QoS 0, counted.
                 self.dropped_qos0_ring_full += 1;
@@ -297,6 +436,7 @@ impl ShardBridge {
     /// Applies the delivery reports that came back; returns the acknowledgements now due.
     pub fn drain_reports(&mut self, now: Instant) -> Vec<Completed> {
         let mut completed = Vec::new();
+        let mut spool_acks = Vec::new();
         for lane in &mut self.lanes {
             while let Some(report) = lane.producer.lane.reports.pop() {
                 let counters = self.counters.get_mut(report.mapping as usize);
@@ -305,25 +445,42 @@ impl ShardBridge {
                     (Err(_), Some(c)) => c.failed += 1,
                     _ => {}
                 }
+                if report.ticket & SPOOL_TICKET != 0 {
+                    // From the spool: Kafka has it (or refused it for good; then it is
+                    // counted as failed, the device was acknowledged long ago).
+                    spool_acks.push(report.ticket & !SPOOL_TICKET);
+                    continue;
+                }
                 if report.ticket == 0 {
                     continue;
                 }
-                let Some(pending) = self.pending.get_mut(&report.ticket) else {
-                    continue;
-                };
-                pending.remaining -= 1;
-                if let Err(code) = report.result {
-                    pending.error.get_or_insert(code);
-                }
-                if pending.remaining == 0 {
-                    let ack = self.pending.remove(&report.ticket).expect("present");
-                    let latency_us = now.duration_since(ack.published_at).as_micros() as u64;
-                    let _ = lane.latency_us.record(latency_us.clamp(1, LATENCY_US_MAX));
-                    completed.push(Completed { ack, latency_us });
-                }
+                let result = report.result;
+                let latency = &mut lane.latency_us;
+                count_down_in(
+                    &mut self.pending,
+                    report.ticket,
+                    result,
+                    now,
+                    &mut completed,
+                    Some(latency),
+                );
             }
         }
+        for seq in spool_acks {
+            self.spool_acked(seq);
+        }
         completed
+    }
+
+    fn count_down(
+        &mut self,
+        ticket: u64,
+        result: Result<(), RDKafkaErrorCode>,
+        now: Instant,
+        completed: &mut Vec<Completed>,
+        latency: Option<&mut Histogram<u64>>,
+    ) {
+        count_down_in(&mut self.pending, ticket, result, now, completed, latency);
     }
 
     /// Whether the PUBLISH `packet_id` of this connection is still waiting for Kafka (a
@@ -357,6 +514,53 @@ impl ShardBridge {
             .collect();
         (self.counters.clone(), clusters)
     }
+}
+
+/// One record of ticket `ticket` is done; the acknowledgement is due when all are.
+fn count_down_in(
+    pending: &mut HashMap<u64, PendingAck>,
+    ticket: u64,
+    result: Result<(), RDKafkaErrorCode>,
+    now: Instant,
+    completed: &mut Vec<Completed>,
+    latency: Option<&mut Histogram<u64>>,
+) {
+    let Some(ack) = pending.get_mut(&ticket) else {
+        return;
+    };
+    ack.remaining -= 1;
+    if let Err(code) = result {
+        ack.error.get_or_insert(code);
+    }
+    if ack.remaining == 0 {
+        let ack = pending.remove(&ticket).expect("present");
+        let latency_us = now.duration_since(ack.published_at).as_micros() as u64;
+        if let Some(histogram) = latency {
+            let _ = histogram.record(latency_us.clamp(1, LATENCY_US_MAX));
+        }
+        completed.push(Completed { ack, latency_us });
+    }
+}
+
+/// Header names are static strings in records; those read back from the spool are mapped
+/// onto the same names.
+fn static_header_name(name: &str) -> &'static str {
+    const NAMES: [&str; 9] = [
+        "mqtt_topic",
+        "client_id",
+        "username",
+        "qos",
+        "retain",
+        "user_property",
+        "content_type",
+        "response_topic",
+        "correlation_data",
+    ];
+    NAMES
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("payload_format")
 }
 
 /// The Kafka record headers a mapping asks for. Values are slices of the message (or

@@ -84,6 +84,7 @@ impl Link {
                 .borrow_mut()
                 .submit(&message, username, ack, now);
             self.shard.bridge_activity.notify();
+            self.shard.spool_activity.notify();
             // With `ack = "kafka"` the PUBACK/PUBREC waits for Kafka (report loop).
             deferred = matches!(submitted, Submitted::Deferred(_));
         }

@@ -16,10 +16,11 @@ use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
-use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig};
+use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::{self, Board, MappingLabel, ShardSnapshot};
 use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{self, ShardEnv};
+use crate::spool::log::{self as spool_log, SpoolLog};
 
 use super::connect::{accept_loop, serve};
 use super::message::Message;
@@ -78,6 +79,7 @@ pub fn run(config: Config) -> io::Result<()> {
         broker: config.broker.clone(),
         kafka: config.kafka.clone(),
         batching: config.batching.clone(),
+        spool: config.spool.clone(),
     });
     let connections_open = Arc::new(AtomicUsize::new(0));
     let result = runtime::run_shards(
@@ -169,6 +171,7 @@ struct ShardConfig {
     broker: BrokerConfig,
     kafka: KafkaConfig,
     batching: BatchingConfig,
+    spool: SpoolConfig,
 }
 
 /// The producers of one shard (one per cluster) and the wake-up their delivery reports use.
@@ -250,7 +253,25 @@ async fn shard_main(
     let config = Rc::new(shard_config.broker.clone());
     let stats = Rc::new(ShardStats::default());
     let mappings = Mappings::new(&shard_config.kafka).expect("validated with the config");
-    let bridge = ShardBridge::new(mappings, producers.producers, shard_config.batching.clone());
+    let mut bridge = ShardBridge::new(mappings, producers.producers, shard_config.batching.clone());
+    let spool = if bridge.has_durable_mappings() {
+        match open_spool(&shard_config.spool, env.shard_id, env.shard_count).await {
+            Ok(spool) => {
+                bridge.attach_spool(spool.clone(), shard_config.spool.max_bytes);
+                Some(spool)
+            }
+            Err(error) => {
+                eprintln!(
+                    "ferrymq: spool.data_dir: cannot open the spool of shard {} in {}: {error}",
+                    env.shard_id,
+                    shard_config.spool.data_dir.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     let receivers = runtime::take_receivers(&mut env.receivers);
     let shard: ShardRef = Rc::new(ShardContext {
         id: env.shard_id,
@@ -272,9 +293,20 @@ async fn shard_main(
         started_at: Instant::now(),
         bridge: RefCell::new(bridge),
         bridge_activity: runtime::Signal::new(),
+        spool_activity: runtime::Signal::new(),
+        spool_feed: runtime::Signal::new(),
+        spool_stats: Default::default(),
         board,
     });
     runtime::spawn(metrics_loop(shard.clone()));
+    if let Some(spool) = spool {
+        runtime::spawn(spool_flush_loop(
+            shard.clone(),
+            spool.clone(),
+            shard_config.spool.clone(),
+        ));
+        runtime::spawn(spool_feed_loop(shard.clone(), spool));
+    }
     runtime::spawn(kafka_reports_loop(
         shard.clone(),
         producers.reports.listen(),
@@ -377,17 +409,167 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
     }
 }
 
+/// Opens this shard's spool, replaying its own segments and those of shards that no
+/// longer exist (`shard-J` with J ≥ the shard count goes to shard J mod count).
+async fn open_spool(
+    config: &SpoolConfig,
+    shard_id: usize,
+    shard_count: usize,
+) -> io::Result<Rc<RefCell<SpoolLog>>> {
+    let own = config.data_dir.join(format!("shard-{shard_id}"));
+    let mut replay = vec![own.clone()];
+    if let Ok(entries) = std::fs::read_dir(&config.data_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(number) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if number >= shard_count && number % shard_count == shard_id {
+                replay.push(entry.path());
+            }
+        }
+    }
+    let (log, cuts) = spool_log::open(&own, &replay, config.segment_bytes).await?;
+    for cut in &cuts {
+        eprintln!(
+            "ferrymq: spool: cut {} damaged bytes at offset {} of {} ({}); the records before it are kept",
+            cut.bytes_cut,
+            cut.offset,
+            cut.path.display(),
+            cut.reason
+        );
+    }
+    let unacked = log.records_unacked();
+    if unacked > 0 {
+        println!("ferrymq: spool of shard {shard_id}: replaying {unacked} records to Kafka");
+    }
+    Ok(Rc::new(RefCell::new(log)))
+}
+
+/// Group commit: waits up to `sync_us` (or until `sync_bytes` wait), writes and syncs, then
+/// acknowledges the records the flush made durable and wakes the feeder.
+async fn spool_flush_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>, config: SpoolConfig) {
+    let window = Duration::from_micros(config.sync_us);
+    loop {
+        if !shard.spool_activity.wait().await {
+            return;
+        }
+        loop {
+            let pending = spool.borrow().pending_bytes();
+            if pending == 0 {
+                break;
+            }
+            if pending < config.sync_bytes && !window.is_zero() {
+                runtime::sleep(window).await;
+            }
+            let started = Instant::now();
+            match spool_log::flush(&spool).await {
+                Ok(Some(flushed)) => {
+                    shard.spool_stats.record_flush(started.elapsed());
+                    let completed = shard
+                        .bridge
+                        .borrow_mut()
+                        .spool_flushed(flushed.last_seq, Instant::now());
+                    for done in completed {
+                        acknowledge_pending(&shard, done.ack);
+                    }
+                    shard.spool_feed.notify();
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // Disk full or failing: say so, count it, hold the acknowledgements
+                    // (publishers wait) and try again.
+                    shard
+                        .spool_stats
+                        .write_errors
+                        .set(shard.spool_stats.write_errors.get() + 1);
+                    eprintln!(
+                        "ferrymq: spool of shard {}: write failed: {error}; retrying",
+                        shard.id
+                    );
+                    runtime::sleep(SPOOL_RETRY).await;
+                }
+            }
+            if let Err(error) = spool_log::rotate_if_full(&spool).await {
+                shard
+                    .spool_stats
+                    .write_errors
+                    .set(shard.spool_stats.write_errors.get() + 1);
+                eprintln!(
+                    "ferrymq: spool of shard {}: new segment failed: {error}",
+                    shard.id
+                );
+                runtime::sleep(SPOOL_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Pause before retrying a failed spool write or read.
+const SPOOL_RETRY: Duration = Duration::from_millis(100);
+/// How often the feeder looks again when its rings were full.
+const SPOOL_FEED_POLL: Duration = Duration::from_millis(5);
+
+/// Reads durable records back from the spool, oldest first, into the Kafka rings; stops
+/// while a ring is full. Deletes segments Kafka has every record of.
+async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
+    loop {
+        // Woken by flushes; polls while rings are full or segments wait for deletion.
+        let _ = runtime::timeout(SPOOL_FEED_POLL * 20, shard.spool_feed.wait()).await;
+        loop {
+            let done = std::mem::take(&mut shard.bridge.borrow_mut().spool_done_segments);
+            for segment in done {
+                drop(segment.file);
+                let _ = std::fs::remove_file(&segment.path);
+            }
+            if !shard
+                .bridge
+                .borrow_mut()
+                .drain_spool_backlog(Instant::now())
+            {
+                runtime::sleep(SPOOL_FEED_POLL).await;
+                continue;
+            }
+            match spool_log::read_back(&spool).await {
+                Ok(read) if read.records.is_empty() => break,
+                Ok(read) => {
+                    let count = read.records.len() as u64;
+                    shard
+                        .spool_stats
+                        .replayed
+                        .set(shard.spool_stats.replayed.get() + count);
+                    shard
+                        .bridge
+                        .borrow_mut()
+                        .feed_spooled(read.records, Instant::now());
+                    shard.bridge_activity.notify();
+                }
+                Err(error) => {
+                    eprintln!("ferrymq: spool of shard {}: read failed: {error}", shard.id);
+                    runtime::sleep(SPOOL_RETRY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Turns Kafka delivery reports into PUBACK/PUBREC as they arrive.
 async fn kafka_reports_loop(shard: ShardRef, mut reports: runtime::WakeListener) {
     while reports.wait().await {
         let completed = shard.bridge.borrow_mut().drain_reports(Instant::now());
         for done in completed {
-            acknowledge_after_kafka(&shard, done.ack);
+            acknowledge_pending(&shard, done.ack);
         }
     }
 }
 
-fn acknowledge_after_kafka(shard: &ShardRef, ack: PendingAck) {
+/// Sends the PUBACK/PUBREC of a PUBLISH whose records are safe (in Kafka or the spool).
+fn acknowledge_pending(shard: &ShardRef, ack: PendingAck) {
     let connection = &ack.connection;
     let reason = match ack.error {
         None => ReasonCode::Success,

@@ -83,6 +83,11 @@ pub struct ShardContext {
     pub bridge: RefCell<ShardBridge>,
     /// Notified when a Kafka batch gets its first record, to start its linger timer.
     pub bridge_activity: Signal,
+    /// Notified when a record is appended to the spool, to start its group commit.
+    pub spool_activity: Signal,
+    /// Notified when a spool flush made records durable, to feed them to Kafka.
+    pub spool_feed: Signal,
+    pub spool_stats: crate::spool::SpoolStats,
     /// Where this shard leaves its metrics once a second.
     pub board: Arc<crate::metrics::Board>,
 }

@@ -305,18 +305,20 @@ impl WakeListener {
 /// of [`DirectFile::alignment`].
 pub struct DirectFile {
     file: glommio::io::DmaFile,
+    /// A buffered handle for reads, opened on first use.
+    reader: std::cell::RefCell<Option<std::rc::Rc<glommio::io::BufferedFile>>>,
 }
 
 impl DirectFile {
     pub async fn create(path: &std::path::Path) -> io::Result<DirectFile> {
-        let file = glommio::io::OpenOptions::new()
+        // Created with a plain open, then opened for direct I/O: reads through a handle
+        // that glommio itself created fail with EOPNOTSUPP on this kernel (seen on 6.18).
+        std::fs::OpenOptions::new()
             .create(true)
-            .read(true)
+            .truncate(true)
             .write(true)
-            .dma_open(path)
-            .await
-            .map_err(to_io)?;
-        Ok(DirectFile { file })
+            .open(path)?;
+        DirectFile::open(path).await
     }
 
     pub async fn open(path: &std::path::Path) -> io::Result<DirectFile> {
@@ -326,7 +328,10 @@ impl DirectFile {
             .dma_open(path)
             .await
             .map_err(to_io)?;
-        Ok(DirectFile { file })
+        Ok(DirectFile {
+            file,
+            reader: Default::default(),
+        })
     }
 
     pub fn alignment(&self) -> u64 {
@@ -351,10 +356,29 @@ impl DirectFile {
         self.file.fdatasync().await.map_err(to_io)
     }
 
-    /// Up to `len` bytes from `offset` (fewer at the end of the file).
+    /// Up to `len` bytes from `offset` (fewer at the end of the file), through the page
+    /// cache: direct-I/O reads of a file this process writes fail with EOPNOTSUPP here
+    /// (kernel 6.18), buffered io_uring reads do not.
     pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let result = self.file.read_at(offset, len).await.map_err(to_io)?;
-        Ok(result.to_vec())
+        let cached = self.reader.borrow().clone();
+        let reader = match cached {
+            Some(reader) => reader,
+            None => {
+                let path = self
+                    .file
+                    .path()
+                    .map(|p| p.to_path_buf())
+                    .ok_or_else(|| io::Error::other("direct file without a path"))?;
+                let reader = std::rc::Rc::new(
+                    glommio::io::BufferedFile::open(&path)
+                        .await
+                        .map_err(to_io)?,
+                );
+                *self.reader.borrow_mut() = Some(reader.clone());
+                reader
+            }
+        };
+        Ok(reader.read_at(offset, len).await.map_err(to_io)?.to_vec())
     }
 
     pub async fn size(&self) -> io::Result<u64> {
@@ -366,6 +390,10 @@ impl DirectFile {
     }
 
     pub async fn close(self) -> io::Result<()> {
+        let reader = self.reader.borrow_mut().take();
+        if let Some(Ok(reader)) = reader.map(std::rc::Rc::try_unwrap) {
+            let _ = reader.close().await;
+        }
         self.file.close().await.map_err(to_io)
     }
 }

@@ -4,3 +4,34 @@
 
 pub mod log;
 pub mod record;
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Counters of one shard's spool.
+pub struct SpoolStats {
+    pub write_errors: Cell<u64>,
+    /// Records read back and handed to Kafka (replay rate = its rate of change).
+    pub replayed: Cell<u64>,
+    /// Flush (write + fdatasync) latency, µs.
+    pub flush_latency_us: std::cell::RefCell<Histogram<u64>>,
+}
+
+impl Default for SpoolStats {
+    fn default() -> SpoolStats {
+        SpoolStats {
+            write_errors: Cell::new(0),
+            replayed: Cell::new(0),
+            flush_latency_us: std::cell::RefCell::new(crate::metrics::new_latency_histogram()),
+        }
+    }
+}
+
+impl SpoolStats {
+    pub fn record_flush(&self, took: Duration) {
+        let us = (took.as_micros() as u64).clamp(1, crate::metrics::LATENCY_US_MAX);
+        let _ = self.flush_latency_us.borrow_mut().record(us);
+    }
+}
