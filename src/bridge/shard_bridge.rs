@@ -171,6 +171,10 @@ impl ShardBridge {
             .is_some_and(|spool| spool.borrow().bytes() >= self.spool_max_bytes)
     }
 
+    pub fn spool(&self) -> Option<&Rc<RefCell<SpoolLog>>> {
+        self.spool.as_ref()
+    }
+
     /// Gives the bridge its durable log.
     pub fn attach_spool(&mut self, spool: Rc<RefCell<SpoolLog>>, max_bytes: u64) {
         self.spool = Some(spool);

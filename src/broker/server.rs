@@ -17,7 +17,7 @@ use crate::bridge::mapping::Mappings;
 use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
-use crate::metrics::{self, Board, MappingLabel, ShardSnapshot};
+use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
 use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{self, ShardEnv};
 use crate::spool::log::{self as spool_log, SpoolLog};
@@ -154,7 +154,21 @@ async fn metrics_loop(shard: ShardRef) {
         runtime::sleep(METRICS_INTERVAL).await;
         let bridge = shard.bridge.borrow();
         let (mappings, clusters) = bridge.snapshot();
+        let spool = bridge.spool().map(|log| {
+            let log = log.borrow();
+            SpoolSnapshot {
+                bytes: log.bytes(),
+                records_unacked: log.records_unacked(),
+                oldest_unacked_secs: log
+                    .oldest_unacked_age(Instant::now())
+                    .map_or(0.0, |age| age.as_secs_f64()),
+                flush_latency_us: shard.spool_stats.flush_latency_us.borrow().clone(),
+                replayed: shard.spool_stats.replayed.get(),
+                write_errors: shard.spool_stats.write_errors.get(),
+            }
+        });
         let snapshot = ShardSnapshot {
+            spool,
             stats: shard.stats.snapshot(),
             mappings,
             clusters,

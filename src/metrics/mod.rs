@@ -23,8 +23,20 @@ pub struct ClusterSnapshot {
     pub latency_us: Histogram<u64>,
 }
 
+/// One shard's spool.
+#[derive(Clone)]
+pub struct SpoolSnapshot {
+    pub bytes: u64,
+    pub records_unacked: u64,
+    pub oldest_unacked_secs: f64,
+    pub flush_latency_us: Histogram<u64>,
+    pub replayed: u64,
+    pub write_errors: u64,
+}
+
 #[derive(Clone, Default)]
 pub struct ShardSnapshot {
+    pub spool: Option<SpoolSnapshot>,
     pub stats: StatsSnapshot,
     pub mappings: Vec<MappingCounters>,
     pub clusters: Vec<ClusterSnapshot>,
@@ -168,6 +180,43 @@ pub fn render_prometheus(board: &Board) -> String {
             );
         }
     }
+    let spools: Vec<(usize, SpoolSnapshot)> = board
+        .shards()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(shard, snapshot)| snapshot.spool.map(|s| (shard, s)))
+        .collect();
+    if !spools.is_empty() {
+        let gauges: [(&str, &str, SpoolValue); 5] = [
+            ("spool_bytes", "gauge", |s| s.bytes as f64),
+            ("spool_records", "gauge", |s| s.records_unacked as f64),
+            ("spool_oldest_record_age_seconds", "gauge", |s| {
+                s.oldest_unacked_secs
+            }),
+            ("spool_replayed_records_total", "counter", |s| {
+                s.replayed as f64
+            }),
+            ("spool_write_errors_total", "counter", |s| {
+                s.write_errors as f64
+            }),
+        ];
+        for (name, kind, get) in gauges {
+            let _ = writeln!(out, "# TYPE ferrymq_{name} {kind}");
+            for (shard, spool) in &spools {
+                let _ = writeln!(out, "ferrymq_{name}{{shard=\"{shard}\"}} {}", get(spool));
+            }
+        }
+        let _ = writeln!(out, "# TYPE ferrymq_spool_flush_latency_seconds summary");
+        for (shard, spool) in &spools {
+            for quantile in [0.5, 0.99, 0.999] {
+                let _ = writeln!(
+                    out,
+                    "ferrymq_spool_flush_latency_seconds{{shard=\"{shard}\",quantile=\"{quantile}\"}} {}",
+                    spool.flush_latency_us.value_at_quantile(quantile) as f64 / 1e6
+                );
+            }
+        }
+    }
     let _ = writeln!(out, "# TYPE ferrymq_kafka_up gauge");
     for (name, up) in board.cluster_names.iter().zip(&board.kafka_up) {
         let _ = writeln!(
@@ -207,6 +256,9 @@ pub fn render_prometheus(board: &Board) -> String {
     }
     out
 }
+
+/// Reads one figure of a shard's spool.
+type SpoolValue = fn(&SpoolSnapshot) -> f64;
 
 /// Reads one counter of a mapping.
 type CounterOf = fn(&MappingCounters) -> u64;

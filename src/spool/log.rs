@@ -30,6 +30,8 @@ pub struct Segment {
     pub acked: u64,
     /// No more appends: a newer segment exists.
     pub sealed: bool,
+    /// When its first record became durable (replayed segments: when replay began).
+    pub first_durable_at: Option<Instant>,
 }
 
 /// Where the feeder has read up to: a segment, a byte offset in it, and how many of its
@@ -83,6 +85,15 @@ impl SpoolLog {
 
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Age of the oldest record Kafka has not acknowledged (to the segment's first flush).
+    pub fn oldest_unacked_age(&self, now: Instant) -> Option<std::time::Duration> {
+        self.segments
+            .iter()
+            .find(|s| s.acked < s.records)
+            .and_then(|s| s.first_durable_at)
+            .map(|at| now.duration_since(at))
     }
 
     /// Records written but not yet acknowledged by Kafka.
@@ -175,6 +186,7 @@ pub async fn open(
             records,
             acked: 0,
             sealed: true,
+            first_durable_at: Some(Instant::now()),
         });
     }
     // Replayed segments get seq ranges below the new ones, in replay order: acknowledgements
@@ -196,6 +208,7 @@ pub async fn open(
         records: 0,
         acked: 0,
         sealed: false,
+        first_durable_at: None,
     });
     let feed = FeedCursor {
         base_seq: segments.front().expect("active segment").base_seq,
@@ -352,6 +365,7 @@ pub async fn flush(log: &std::cell::RefCell<SpoolLog>) -> io::Result<Option<Flus
     let first_in_flush = log.durable_seq.map_or(0, |s| s + 1);
     let active = log.segments.back_mut().expect("active segment");
     active.durable_bytes += job.pending.len() as u64;
+    active.first_durable_at.get_or_insert_with(Instant::now);
     active.records += job.last_seq + 1 - first_in_flush;
     let new_tail_start = active.durable_bytes / job.alignment * job.alignment;
     let written_end = (active.durable_bytes - job.write_offset) as usize;
@@ -388,6 +402,7 @@ pub async fn rotate_if_full(log: &std::cell::RefCell<SpoolLog>) -> io::Result<()
         records: 0,
         acked: 0,
         sealed: false,
+        first_durable_at: None,
     });
     Ok(())
 }
