@@ -431,6 +431,8 @@ async fn open_spool(
     shard_count: usize,
 ) -> io::Result<Rc<RefCell<SpoolLog>>> {
     let own = config.data_dir.join(format!("shard-{shard_id}"));
+    std::fs::create_dir_all(&own)?;
+    lock_directory(&own)?;
     let mut replay = vec![own.clone()];
     if let Ok(entries) = std::fs::read_dir(&config.data_dir) {
         for entry in entries.flatten() {
@@ -462,6 +464,31 @@ async fn open_spool(
         println!("ferrymq: spool of shard {shard_id}: replaying {unacked} records to Kafka");
     }
     Ok(Rc::new(RefCell::new(log)))
+}
+
+/// Takes an exclusive lock on `dir` for the life of the process: two brokers appending to
+/// one spool would corrupt it.
+fn lock_directory(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is locked: another ferrymq uses this spool",
+                path.display()
+            ),
+        ));
+    }
+    // Held until the process exits.
+    std::mem::forget(file);
+    Ok(())
 }
 
 /// Group commit: waits up to `sync_us` (or until `sync_bytes` wait), writes and syncs, then

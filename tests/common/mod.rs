@@ -3,14 +3,20 @@
 //! shards and messages cross them; stopped with SIGTERM.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// What the broker wrote to stderr so far, when started with
+    /// [`Broker::start_capturing_stderr`] (it is echoed to the test's stderr too).
+    stderr: Option<Arc<Mutex<String>>>,
 }
 
 /// A port nobody listens on right now.
@@ -40,6 +46,16 @@ impl Broker {
     /// Starts `ferrymq` with `args` after `--listen` and `--cores`, and waits until it
     /// accepts connections.
     pub fn start_with(args: &[&str]) -> Broker {
+        Broker::start_inner(args, false)
+    }
+
+    /// [`Broker::start_with`], keeping what the broker writes to stderr for
+    /// [`Broker::stderr_text`].
+    pub fn start_capturing_stderr(args: &[&str]) -> Broker {
+        Broker::start_inner(args, true)
+    }
+
+    fn start_inner(args: &[&str], capture_stderr: bool) -> Broker {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
             .arg("--listen")
@@ -48,9 +64,27 @@ impl Broker {
             .arg(cores_arg())
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("start ferrymq");
+        let stderr = child.stderr.take().map(|pipe| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    let mut sink = sink.lock().unwrap();
+                    sink.push_str(&line);
+                    sink.push('\n');
+                }
+            });
+            text
+        });
         // Wait for the "listening" line, then for the port to answer.
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
@@ -73,7 +107,31 @@ impl Broker {
         Broker {
             child: Some(child),
             port,
+            stderr,
         }
+    }
+
+    /// What the broker wrote to stderr so far (empty unless started with
+    /// [`Broker::start_capturing_stderr`]).
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|text| text.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// SIGKILL (no chance to flush or clean up), then the exit status.
+    pub fn kill9(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_kill(child.id(), 9);
+        child.wait().expect("wait for ferrymq after SIGKILL")
     }
 
     pub fn addr(&self) -> String {

@@ -1,0 +1,269 @@
+//! Kafka helpers for integration tests: unique names, temporary config files, a consumer
+//! that reads every record of a topic within a deadline, topic creation, and extra Kafka
+//! instances run by `scripts/kafka` (started for a test, stopped when dropped).
+//!
+//! The shared Kafka is the one on `$FERRYMQ_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`),
+//! started by CI before the tests; nothing here stops it.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The shared Kafka every test may use.
+pub fn bootstrap() -> String {
+    std::env::var("FERRYMQ_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// A name no other test (in this process or another) uses: `prefix-PID-NANOS-N`. Valid as a
+/// Kafka topic, an MQTT topic level and a client id when `prefix` is.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// A configuration file in the temporary directory, removed when dropped.
+pub struct ConfigFile {
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn write_config(text: &str) -> ConfigFile {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("ferrymq-test")));
+    std::fs::write(&path, text).expect("write config file");
+    ConfigFile { path }
+}
+
+/// One record as a consumer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// In record order; a header without a value has an empty one.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn payload_str(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("UTF-8 payload")
+    }
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("ferrymq-test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Reading must not create the topic the broker is expected to create.
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("create consumer")
+}
+
+/// The partitions of `topic` once it exists with a leader for each, or None.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(3))
+        .ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if found.error().is_some()
+        || found.partitions().is_empty()
+        || found.partitions().iter().any(|p| p.leader() < 0)
+    {
+        return None;
+    }
+    Some(found.partitions().iter().map(|p| p.id()).collect())
+}
+
+/// Whether `topic` exists on the cluster at `bootstrap` (without creating it).
+pub fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    partitions(&consumer(bootstrap), topic).is_some()
+}
+
+/// Every record of `topic`, sorted by (partition, offset): waits (until `timeout`) for the
+/// topic to exist and for at least `expected` records, then reads on to each partition's
+/// high watermark, so records beyond `expected` are returned too. On timeout it returns
+/// what it has; the caller's assertion says what is missing.
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let consumer = consumer(bootstrap);
+    let partitions = loop {
+        if let Some(partitions) = partitions(&consumer, topic) {
+            break partitions;
+        }
+        if Instant::now() >= deadline {
+            return Vec::new();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let mut next: HashMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
+    let mut records = Vec::new();
+    let caught_up = |next: &HashMap<i32, i64>| {
+        next.iter().all(|(&partition, &next)| {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(3))
+                .is_ok_and(|(_, high)| next >= high)
+        })
+    };
+    loop {
+        if records.len() >= expected && caught_up(&next) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                next.insert(message.partition(), message.offset() + 1);
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            // Transient (a leader moving, a partition not ready yet): keep reading.
+            Some(Err(error)) => eprintln!("read_topic {topic}: {error}"),
+            None => {}
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1), waiting until it is usable.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("create admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_lite::future::block_on(admin.create_topics([&new_topic], &options))
+        .expect("create_topics");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reader = consumer(bootstrap);
+    while self::partitions(&reader, topic).map(|p| p.len()) != Some(partitions as usize) {
+        assert!(Instant::now() < deadline, "topic {topic} not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A port that is free, with the next one (Kafka's controller port) free too.
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = super::free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn script() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+}
+
+/// A Kafka instance of its own run by `scripts/kafka --name NAME`, beside the shared one.
+/// Stopped when dropped, so a failing test does not leave it running.
+pub struct ExtraKafka {
+    pub name: String,
+    pub port: u16,
+}
+
+impl ExtraKafka {
+    /// Starts instance `name` on a free port (stopping a leftover of an earlier run first).
+    pub fn start(name: &str) -> ExtraKafka {
+        let kafka = ExtraKafka {
+            name: name.to_string(),
+            port: free_port_pair(),
+        };
+        kafka.run("stop");
+        kafka.run("start");
+        kafka
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `scripts/kafka CMD --name NAME --port PORT`; fails the test if the script does.
+    pub fn run(&self, cmd: &str) {
+        let started = Instant::now();
+        let output = Command::new(script())
+            .arg(cmd)
+            .args(["--name", &self.name, "--port", &self.port.to_string()])
+            .output()
+            .expect("run scripts/kafka");
+        assert!(
+            output.status.success(),
+            "scripts/kafka {cmd} --name {}: {}\n{}{}",
+            self.name,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!(
+            "scripts/kafka {cmd} --name {} --port {}: {:.1?}",
+            self.name,
+            self.port,
+            started.elapsed()
+        );
+    }
+}
+
+impl Drop for ExtraKafka {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["stop", "--name", &self.name])
+            .output();
+    }
+}
