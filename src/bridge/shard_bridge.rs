@@ -75,6 +75,20 @@ struct ClusterLane {
     latency_us: Histogram<u64>,
 }
 
+impl ClusterLane {
+    /// Puts `batch` on the ring, or holds it when the ring is full.
+    fn push(&mut self, batch: Batch) {
+        let len = batch.len();
+        let shared = &self.producer.lane;
+        shared.records_in_ring.fetch_add(len, Ordering::Relaxed);
+        if let Err(batch) = shared.batches.push(batch) {
+            shared.records_in_ring.fetch_sub(len, Ordering::Relaxed);
+            self.held = Some(batch);
+        }
+        self.producer.notify();
+    }
+}
+
 pub struct ShardBridge {
     pub mappings: Mappings,
     lanes: Vec<ClusterLane>,
@@ -328,6 +342,13 @@ impl ShardBridge {
         for (cluster, record, ack_mode) in new_records {
             let index = record.mapping as usize;
             if ack_mode == AckMode::Durable {
+                if qos == QoS::AtMostOnce && self.spool_is_full() {
+                    // Best effort: a full spool drops QoS 0 (QoS 1/2 publishers wait), so
+                    // the spool stays within `max_bytes`. Counted.
+                    self.dropped_qos0_ring_full += 1;
+                    self.counters[index].dropped_ring_full += 1;
+                    continue;
+                }
                 self.spool_append(cluster, record, now);
                 continue;
             }
@@ -383,19 +404,7 @@ impl ShardBridge {
         let batch = std::mem::take(&mut lane.batch);
         lane.batch_bytes = 0;
         lane.batch_started = None;
-        let len = batch.len();
-        lane.producer
-            .lane
-            .records_in_ring
-            .fetch_add(len, Ordering::Relaxed);
-        if let Err(batch) = lane.producer.lane.batches.push(batch) {
-            lane.producer
-                .lane
-                .records_in_ring
-                .fetch_sub(len, Ordering::Relaxed);
-            lane.held = Some(batch);
-        }
-        lane.producer.notify();
+        lane.push(batch);
     }
 
     /// Flushes batches older than `linger_us` and retries held ones. Returns whether any
@@ -421,19 +430,7 @@ impl ShardBridge {
     fn retry_held(&mut self, cluster: usize) {
         let lane = &mut self.lanes[cluster];
         if let Some(batch) = lane.held.take() {
-            let len = batch.len();
-            lane.producer
-                .lane
-                .records_in_ring
-                .fetch_add(len, Ordering::Relaxed);
-            if let Err(batch) = lane.producer.lane.batches.push(batch) {
-                lane.producer
-                    .lane
-                    .records_in_ring
-                    .fetch_sub(len, Ordering::Relaxed);
-                lane.held = Some(batch);
-            }
-            lane.producer.notify();
+            lane.push(batch);
         }
     }
 
