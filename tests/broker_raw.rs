@@ -1111,3 +1111,45 @@ fn v5_disconnect_may_set_session_expiry_when_connect_asked_for_one() {
         Err(e) => panic!("watcher: {e}"),
     }
 }
+
+/// The server sets Topic Aliases on PUBLISHes to a 5.0 client that allows them: a topic
+/// goes once in full with its alias, then as the alias alone, up to the client's Topic
+/// Alias Maximum; beyond it, full topics without alias (3.3.2.3.4, [MQTT-3.3.2-11]).
+#[test]
+fn v5_server_sets_topic_aliases_up_to_the_client_maximum() {
+    let broker = Broker::start();
+    let mut connect = Connect::new(Protocol::V5, "alias-receiver", 0);
+    connect.properties.topic_alias_maximum = Some(2);
+    let (mut receiver, connack) = Client::connect(&broker, connect);
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    subscribe(&mut receiver, 1, "alias/#", QoS::AtMostOnce);
+    let mut publisher = Client::connected(&broker, Protocol::V3_1_1, "alias-publisher");
+    let topics = ["alias/a", "alias/a", "alias/b", "alias/c", "alias/b"];
+    for (index, topic) in topics.iter().enumerate() {
+        publisher.send(qos1_publish(topic, index as u16 + 1, topic.as_bytes()));
+        assert!(matches!(publisher.expect(), Packet::PubAck(_)));
+    }
+    let mut seen = Vec::new();
+    for _ in &topics {
+        match receiver.expect() {
+            Packet::Publish(publish) => seen.push((
+                publish.topic.to_string(),
+                publish.properties.topic_alias,
+                String::from_utf8(publish.payload.to_vec()).unwrap(),
+            )),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let expected = [
+        ("alias/a", Some(1), "alias/a"),
+        ("", Some(1), "alias/a"),
+        ("alias/b", Some(2), "alias/b"),
+        ("alias/c", None, "alias/c"),
+        ("", Some(2), "alias/b"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(t, a, p)| (t.to_string(), *a, p.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+}

@@ -195,10 +195,13 @@ pub async fn serve(
         .maximum_packet_size_bytes
         .unwrap_or(PACKET_SIZE_BYTES_MAX);
     let connection_id = shard.state.borrow_mut().next_connection_id();
+    // Only 5.0 clients can receive aliases; their CONNECT says how many.
+    let client_topic_alias_maximum = connect.properties.topic_alias_maximum.unwrap_or(0);
     let connection = Rc::new(Connection::new(
         connection_id,
         protocol,
         client_packet_size_max,
+        client_topic_alias_maximum,
     ));
     let client_id = connect.client_id.clone();
     let keep_alive_secs = connect.keep_alive_secs;

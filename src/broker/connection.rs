@@ -9,7 +9,9 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 
-use crate::protocol::{Disconnect, Packet, Protocol, ReasonCode};
+use std::collections::HashMap;
+
+use crate::protocol::{Disconnect, MqttStr, Packet, Protocol, Publish, ReasonCode};
 use crate::runtime::{Signal, TcpStream};
 
 use super::stats::ShardStats;
@@ -25,17 +27,26 @@ pub struct Connection {
     /// The client's Maximum Packet Size: larger packets are dropped, not sent
     /// [MQTT-3.1.2-24].
     pub packet_size_bytes_max: u32,
+    /// The client's Topic Alias Maximum: how many aliases we may set on PUBLISHes to it
+    /// (5.0 only; 0: none) [MQTT-3.3.2-11].
+    pub topic_alias_maximum: u16,
     queue: RefCell<VecDeque<Packet>>,
     wake: Signal,
     closing: Cell<bool>,
 }
 
 impl Connection {
-    pub fn new(id: ConnectionId, protocol: Protocol, packet_size_bytes_max: u32) -> Connection {
+    pub fn new(
+        id: ConnectionId,
+        protocol: Protocol,
+        packet_size_bytes_max: u32,
+        topic_alias_maximum: u16,
+    ) -> Connection {
         Connection {
             id,
             protocol,
             packet_size_bytes_max,
+            topic_alias_maximum,
             queue: RefCell::new(VecDeque::new()),
             wake: Signal::new(),
             closing: Cell::new(false),
@@ -85,6 +96,7 @@ impl Connection {
 /// connection closes.
 pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats: Rc<ShardStats>) {
     let mut batch = VecDeque::new();
+    let mut aliases = OutboundAliases::default();
     // Grows with what is written: an idle connection keeps no big buffer.
     let mut buf = BytesMut::new();
     'outer: while connection.wake.wait().await {
@@ -93,7 +105,10 @@ pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats
             if batch.is_empty() {
                 break;
             }
-            for packet in batch.drain(..) {
+            for mut packet in batch.drain(..) {
+                if let Packet::Publish(publish) = &mut packet {
+                    aliases.apply(publish, connection.topic_alias_maximum);
+                }
                 let len = packet.encoded_len(connection.protocol);
                 if len > connection.packet_size_bytes_max as usize {
                     // [MQTT-3.1.2-25]: discard, and behave as if it had been sent.
@@ -134,4 +149,32 @@ pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats
     connection.wake.close();
     // Ends the reader's pending read too: both handles share this socket.
     let _ = stream.shutdown(std::net::Shutdown::Both).await;
+}
+
+/// Topic aliases this server set on one connection: a topic sent once with an alias goes
+/// as the alias alone afterwards, up to the client's Topic Alias Maximum (3.3.2.3.4).
+#[derive(Default)]
+struct OutboundAliases {
+    by_topic: HashMap<MqttStr, u16>,
+}
+
+impl OutboundAliases {
+    fn apply(&mut self, publish: &mut Publish, maximum: u16) {
+        if maximum == 0 || publish.topic.is_empty() {
+            return;
+        }
+        match self.by_topic.get(&publish.topic) {
+            Some(&alias) => {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = MqttStr::default();
+            }
+            None if self.by_topic.len() < usize::from(maximum) => {
+                let alias = self.by_topic.len() as u16 + 1;
+                self.by_topic.insert(publish.topic.clone(), alias);
+                publish.properties.topic_alias = Some(alias);
+            }
+            // All aliases taken: the full topic, no alias.
+            None => {}
+        }
+    }
 }

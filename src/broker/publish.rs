@@ -70,9 +70,14 @@ impl Link {
         let mut deferred = false;
         if to_kafka {
             if qos != QoS::AtMostOnce {
-                // A full ring to Kafka: stop reading this publisher until it drains
-                // (backpressure, never a dropped QoS 1/2 message).
-                while self.shard.bridge.borrow().is_backlogged() {
+                // A full ring to Kafka (or a full spool, for `durable`): stop reading this
+                // publisher until it drains (backpressure, never a dropped QoS 1/2 message).
+                while self
+                    .shard
+                    .bridge
+                    .borrow_mut()
+                    .is_backlogged_for(&message.topic)
+                {
                     runtime::sleep(BACKLOG_POLL).await;
                 }
             }

@@ -572,6 +572,9 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
                 .borrow_mut()
                 .drain_spool_backlog(Instant::now())
             {
+                // A ring is full and holds a batch: only the linger loop retries it, and
+                // with no publisher left to wake that loop nothing else would.
+                shard.bridge_activity.notify();
                 runtime::sleep(SPOOL_FEED_POLL).await;
                 continue;
             }
