@@ -95,7 +95,10 @@ pub struct ProducerHandle {
 impl ProducerHandle {
     /// Called by the shard after it pushed a batch.
     pub fn notify(&self) {
-        if self.lane.sender_sleeping.load(Ordering::Acquire) {
+        // SeqCst here and where the producer thread sets the flag: with Release/Acquire
+        // the flag's store may pass the thread's emptiness check (store-load reordering),
+        // both sides miss each other, and the batch waits out IDLE_PARK_MS.
+        if self.lane.sender_sleeping.load(Ordering::SeqCst) {
             self.thread.unpark();
         }
     }
@@ -266,7 +269,7 @@ fn run_sender(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane) -> bool
         if producer.client().fatal_error().is_some() {
             return true;
         }
-        lane.sender_sleeping.store(true, Ordering::Release);
+        lane.sender_sleeping.store(true, Ordering::SeqCst);
         if lane.batches.is_empty() && !lane.stop.load(Ordering::Acquire) {
             thread::park_timeout(Duration::from_millis(IDLE_PARK_MS));
         }

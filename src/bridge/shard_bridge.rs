@@ -178,6 +178,25 @@ impl ShardBridge {
         self.lanes.iter().any(|lane| lane.held.is_some()) || self.spool_is_full()
     }
 
+    /// Whether a QoS 1/2 PUBLISH on `topic` must wait before it is submitted: a mapping it
+    /// matches writes to a cluster whose ring is full, or is `durable` while the spool is
+    /// full. A `durable` record goes to the spool, not the ring: a ring filled by the
+    /// spool's own replay (Kafka away) must not hold durable publishers back while the
+    /// spool has room.
+    pub fn is_backlogged_for(&mut self, topic: &str) -> bool {
+        let spool_full = self.spool_is_full();
+        let lanes = &self.lanes;
+        let mut backlogged = false;
+        self.mappings.for_each_match(topic, |mapping| {
+            backlogged |= if mapping.ack == AckMode::Durable {
+                spool_full
+            } else {
+                lanes[mapping.cluster_index].held.is_some()
+            };
+        });
+        backlogged
+    }
+
     /// The spool holds `spool.max_bytes`: durable publishers wait (Kafka away for long).
     pub fn spool_is_full(&self) -> bool {
         self.spool
@@ -269,7 +288,9 @@ impl ShardBridge {
         self.drain_spool_backlog(now)
     }
 
-    /// Sends backlogged spool records while their rings take them.
+    /// Sends backlogged spool records while their rings take them. Returns `false` while
+    /// a ring is full and holds a batch (the caller wakes the linger loop, which retries
+    /// it, and reads no more): the last batch of a replay can be the one held.
     pub fn drain_spool_backlog(&mut self, now: Instant) -> bool {
         while let Some((cluster, _)) = self.spool_backlog.front() {
             let cluster = *cluster;
@@ -282,7 +303,7 @@ impl ShardBridge {
         for cluster in 0..self.lanes.len() {
             self.flush(cluster);
         }
-        true
+        self.lanes.iter().all(|lane| lane.held.is_none())
     }
 
     fn spool_acked(&mut self, seq: u64) {

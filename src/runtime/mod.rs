@@ -294,8 +294,11 @@ impl WakeListener {
         use std::sync::atomic::Ordering;
         let mut bytes = [0u8; 64];
         let alive = matches!(self.stream.read(&mut bytes).await, Ok(n) if n > 0);
-        // Disarm before the caller drains, so a wake racing with the drain is not lost.
-        self.armed.store(false, Ordering::Release);
+        // Disarm before the caller drains, so a wake racing with the drain is not lost. A
+        // swap, not a store: if a sender's swap saw `true` and skipped its write, this swap
+        // reads that value and so sees what the sender pushed before it (a plain store may
+        // pass the drain's loads, and the pushed report would wait for the next wake).
+        self.armed.swap(false, Ordering::AcqRel);
         alive
     }
 }
@@ -403,4 +406,97 @@ fn to_io(error: glommio::GlommioError<()>) -> io::Error {
         glommio::GlommioError::IoError(error) => error,
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// Connects to `addr`, from `source` when given. The socket is bound to `source` with
+/// IP_BIND_ADDRESS_NO_PORT, so the kernel picks the local port at connect time, per
+/// destination: one source address then offers the whole ephemeral port range to each
+/// target instead of to all of them together (see tuning.md). Used by ferrymq-loadgen to
+/// spread connections over 127.0.0.0/8.
+pub async fn connect_from(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
+    use std::net::SocketAddr;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: a plain socket(2) call; the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(source) = source {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on our socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let (storage, len) = sockaddr_of(SocketAddr::new(source, 0));
+        // SAFETY: storage holds a sockaddr of `len` bytes.
+        if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: as above; a non-blocking connect returns EINPROGRESS while the handshake runs.
+    if unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(error);
+        }
+    }
+    use std::os::fd::IntoRawFd;
+    // SAFETY: a TCP socket that we own, connected or connecting.
+    let mut stream = unsafe { TcpStream::from_raw_fd(owned.into_raw_fd()) };
+    // An empty send waits for writability: it returns once the handshake is done, or with
+    // its error (ECONNREFUSED, ETIMEDOUT).
+    futures_lite::AsyncWriteExt::write(&mut stream, &[]).await?;
+    Ok(stream)
+}
+
+fn sockaddr_of(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, large enough for either family.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            let sin = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            let sin6 = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }

@@ -70,6 +70,9 @@ pub struct SpoolLog {
     pub feed: FeedCursor,
     /// A flush in progress: appends go on into `pending`, the flush owns its bytes.
     pub flushing: bool,
+    /// Bytes of records the flush in progress writes: neither pending nor durable yet, but
+    /// counted towards `max_bytes` all the same.
+    flushing_bytes: u64,
     pub last_error: Option<String>,
 }
 
@@ -78,9 +81,11 @@ impl SpoolLog {
         dir.join(format!("{base_seq:020}.log"))
     }
 
-    /// Bytes on disk in all segments plus what waits to be written.
+    /// Bytes on disk in all segments plus what waits to be (or is being) written.
     pub fn bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.durable_bytes).sum::<u64>() + self.pending.len() as u64
+        self.segments.iter().map(|s| s.durable_bytes).sum::<u64>()
+            + self.flushing_bytes
+            + self.pending.len() as u64
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -228,6 +233,7 @@ pub async fn open(
             durable_seq: first_new.checked_sub(1),
             feed,
             flushing: false,
+            flushing_bytes: 0,
             last_error: None,
         },
         cuts,
@@ -316,6 +322,7 @@ pub async fn flush(log: &std::cell::RefCell<SpoolLog>) -> io::Result<Option<Flus
         }
         log.flushing = true;
         let pending = std::mem::take(&mut log.pending);
+        log.flushing_bytes = pending.len() as u64;
         let last_seq = log
             .pending_last_seq
             .take()
@@ -346,6 +353,7 @@ pub async fn flush(log: &std::cell::RefCell<SpoolLog>) -> io::Result<Option<Flus
     .await;
     let mut log = log.borrow_mut();
     log.flushing = false;
+    log.flushing_bytes = 0;
     let active_durable = log.segments.back().expect("active segment").durable_bytes;
     let tail_len = (active_durable - job.write_offset) as usize;
     if let Err(error) = result {
