@@ -230,6 +230,7 @@ impl ShardBridge {
             .collect();
         let spooled = SpoolRecord {
             seq: 0,
+            mapping: record.mapping as u16,
             cluster: self.mappings.cluster_names()[cluster].clone(),
             topic: record.topic,
             key: record.key,
@@ -281,7 +282,12 @@ impl ShardBridge {
                     .map(|(name, value)| (static_header_name(&name), value))
                     .collect(),
                 ticket: SPOOL_TICKET | seq,
-                mapping: u32::MAX,
+                // Counted under its mapping when that still exists.
+                mapping: if usize::from(spooled.mapping) < self.counters.len() {
+                    u32::from(spooled.mapping)
+                } else {
+                    u32::MAX
+                },
             };
             self.spool_backlog.push_back((cluster, record));
         }

@@ -259,6 +259,11 @@ async fn scan(file: &DirectFile, path: &Path) -> io::Result<(u64, u64, u64, Opti
         let bytes = Bytes::from(std::mem::take(&mut carry));
         let mut at = 0usize;
         loop {
+            // The chunk ended exactly between two records: read on (an empty remainder
+            // is not the zero padding that ends a segment).
+            if at == bytes.len() && !at_end {
+                break;
+            }
             match decode_one(&bytes.slice(at..)) {
                 Ok((record, len)) => {
                     records += 1;
@@ -514,4 +519,71 @@ pub async fn read_back(log: &std::cell::RefCell<SpoolLog>) -> io::Result<ReadBac
 
 fn record_len_at(bytes: &Bytes) -> usize {
     u32::from_le_bytes(bytes[0..4].try_into().unwrap_or([0; 4])) as usize + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::record::SpoolRecord;
+
+    /// Runs `test` on a one-shard runtime (the spool needs io_uring).
+    fn on_a_shard<F, Fut>(test: F)
+    where
+        F: Fn() -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let cpu = crate::runtime::affinity_cpus().unwrap()[0];
+        crate::runtime::run_shards::<(), _, _>(&[cpu], 1, move |_env| {
+            let test = test.clone();
+            async move { test().await }
+        })
+        .unwrap();
+    }
+
+    fn record_of_len(len: usize) -> SpoolRecord {
+        let mut record = SpoolRecord {
+            seq: 0,
+            mapping: 0,
+            cluster: "main".into(),
+            topic: "t".into(),
+            key: Vec::new(),
+            headers: Vec::new(),
+            payload: Bytes::new(),
+        };
+        let payload = len - record.encoded_len();
+        record.payload = Bytes::from(vec![7u8; payload]);
+        assert_eq!(record.encoded_len(), len);
+        record
+    }
+
+    /// A segment whose records end exactly where a read chunk ends is replayed whole: the
+    /// empty remainder of a chunk is not the end of the segment (this once cut replay
+    /// short and let Kafka acknowledgements delete a segment with records unsent).
+    #[test]
+    fn replay_reads_past_a_record_boundary_at_a_chunk_boundary() {
+        let dir = std::env::temp_dir().join(format!("ferrymq-spool-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old = dir.join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        let records = 2 * READ_CHUNK_BYTES / 1024 + 3;
+        let mut bytes = Vec::new();
+        for seq in 0..records {
+            let mut record = record_of_len(1024);
+            record.seq = seq as u64;
+            encode(&record, &mut bytes);
+        }
+        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+        std::fs::write(old.join("00000000000000000000.log"), &bytes).unwrap();
+        let new = dir.join("new");
+        let (dir_for_test, old_for_test) = (new.clone(), old.clone());
+        on_a_shard(move || {
+            let (new, old) = (dir_for_test.clone(), old_for_test.clone());
+            async move {
+                let (log, cuts) = open(&new, &[old], 1 << 20).await.unwrap();
+                assert!(cuts.is_empty(), "{cuts:?}");
+                assert_eq!(log.records_unacked(), records as u64);
+            }
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -2,7 +2,7 @@
 //! is read (a CRC-32C over everything after the checksum field).
 //!
 //! ```text
-//! len:u32  crc:u32  seq:u64  cluster_len:u8  topic_len:u16  key_len:u32  header_count:u16
+//! len:u32  crc:u32  seq:u64  mapping:u16  cluster_len:u8  topic_len:u16  key_len:u32  header_count:u16
 //! payload_len:u32  cluster  topic  key  (name_len:u8 name value_len:u32 value)*  payload
 //! ```
 //! `len` counts the bytes after itself; 0 marks the zero padding after the last record of a
@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 /// Bytes before the variable parts.
-const FIXED_BYTES: usize = 4 + 4 + 8 + 1 + 2 + 4 + 2 + 4;
+const FIXED_BYTES: usize = 4 + 4 + 8 + 2 + 1 + 2 + 4 + 2 + 4;
 /// A record larger than this is damage, not data: bounds what a corrupt length can make a
 /// reader try to read.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -20,6 +20,9 @@ pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolRecord {
     pub seq: u64,
+    /// Index of the mapping that made it, for its counters (checked against the
+    /// configuration on replay).
+    pub mapping: u16,
     /// Cluster by name: indexes may change with the configuration between restarts.
     pub cluster: String,
     pub topic: String,
@@ -55,6 +58,7 @@ pub fn encode(record: &SpoolRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // checksum, filled below
     out.extend_from_slice(&record.seq.to_le_bytes());
+    out.extend_from_slice(&record.mapping.to_le_bytes());
     out.push(record.cluster.len() as u8);
     out.extend_from_slice(&(record.topic.len() as u16).to_le_bytes());
     out.extend_from_slice(&(record.key.len() as u32).to_le_bytes());
@@ -129,6 +133,7 @@ pub fn decode_one(bytes: &Bytes) -> Result<(SpoolRecord, usize), Stop> {
         Ok(slice)
     };
     let seq = u64::from_le_bytes(take(8)?[..].try_into().unwrap());
+    let mapping = u16::from_le_bytes(take(2)?[..].try_into().unwrap());
     let cluster_len = take(1)?[0] as usize;
     let topic_len = u16::from_le_bytes(take(2)?[..].try_into().unwrap()) as usize;
     let key_len = u32::from_le_bytes(take(4)?[..].try_into().unwrap()) as usize;
@@ -152,6 +157,7 @@ pub fn decode_one(bytes: &Bytes) -> Result<(SpoolRecord, usize), Stop> {
     Ok((
         SpoolRecord {
             seq,
+            mapping,
             cluster,
             topic,
             key,
@@ -169,6 +175,7 @@ mod tests {
     fn sample(seq: u64) -> SpoolRecord {
         SpoolRecord {
             seq,
+            mapping: 3,
             cluster: "main".into(),
             topic: "telemetry".into(),
             key: b"device-7".to_vec(),
