@@ -1,25 +1,49 @@
-//! `ferrymq-loadgen`: simulated device fleets for ferrymq.
+//! `ferrymq-loadgen`: simulated device fleets for ferrymq, and proof of where every
+//! message went.
 //!
-//! This version parses and checks its scenario flags (emqtt-bench's names where they fit)
-//! and prints the scenario it would run. Running it arrives with the loadgen issue, which
-//! builds the device state machines on the broker's codec.
+//! - `main.rs`: flags (emqtt-bench's names where they fit) → a checked [`Scenario`];
+//! - [`scenario`]: the scenario, topic templates, QoS mix, the payload header;
+//! - [`preflight`]: open files and ephemeral ports checked before a run;
+//! - [`engine`]: one shard per CPU driving its devices; [`device`]: one device's state
+//!   machine over the broker's codec;
+//! - [`verify`]: the Kafka consumer and the subscription check;
+//! - [`report`]: counters, progress line, latency histograms, the report and its JSON;
+//! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged.
 
-use std::net::Ipv4Addr;
+mod device;
+mod engine;
+mod net;
+mod preflight;
+mod procs;
+mod report;
+mod run;
+mod scenario;
+mod verify;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use ferrymq::protocol::{Protocol, QoS};
+
+use crate::scenario::{KafkaVerify, QosMix, Scenario, Template, PAYLOAD_HEADER_BYTES};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: report::CountingAllocator = report::CountingAllocator;
 
-/// Simulates MQTT devices publishing through ferrymq and checks where every message went.
-/// (Scenario execution is not built yet: the command validates its flags and prints the
-/// scenario.)
+/// Simulates MQTT devices publishing through ferrymq and checks where every message went:
+/// with --verify-kafka it reads the mapped Kafka topic and reports, per device, what was
+/// sent, acknowledged, received, lost, duplicated and out of order, with latencies.
+/// Plain TCP only: TLS is not supported yet. Exit status: 0 when no acknowledged message
+/// is missing, 1 when one is, 2 for bad flags or a failed preflight, 3 for other errors.
 #[derive(Parser, Debug)]
 #[command(
     name = "ferrymq-loadgen",
     disable_help_flag = true,
-    disable_version_flag = true
+    disable_version_flag = true,
+    args_override_self = true
 )]
 struct Args {
     /// Print help.
@@ -31,7 +55,11 @@ struct Args {
     /// Broker port.
     #[arg(short = 'p', long, default_value_t = 1883)]
     port: u16,
-    /// Number of simulated devices.
+    /// Several brokers or listeners, e.g. 127.0.0.1:1883,127.0.0.1:1884; devices go round
+    /// them. Replaces -h and -p.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Number of simulated devices connected at once (publishing; churn slots with --churn).
     #[arg(short = 'c', long = "count", default_value_t = 1000)]
     devices: u32,
     /// New connections per second.
@@ -40,6 +68,9 @@ struct Args {
     /// Milliseconds between two publishes of one device.
     #[arg(short = 'I', long = "interval-ms", default_value_t = 1000)]
     publish_interval_ms: u64,
+    /// Messages per second over all devices; sets the interval per device (replaces -I).
+    #[arg(long)]
+    total_rate: Option<f64>,
     /// Topic template: %i is the device number, %c the client id.
     #[arg(short = 't', long, default_value = "devices/%i/telemetry")]
     topic: String,
@@ -49,6 +80,12 @@ struct Args {
     /// QoS of the publishes.
     #[arg(short = 'q', long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
+    /// Per-message QoS shares in percent, e.g. 0:20,1:80 (replaces -q).
+    #[arg(long)]
+    qos_mix: Option<String>,
+    /// QoS 1/2 messages a device may have awaiting their ack.
+    #[arg(long, default_value_t = 8)]
+    inflight: u16,
     /// MQTT version: 3 (3.1), 4 (3.1.1) or 5.
     #[arg(short = 'V', long = "mqtt-version", default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=5))]
     mqtt_version: u8,
@@ -61,19 +98,93 @@ struct Args {
     /// Keep alive in seconds.
     #[arg(short = 'k', long = "keepalive", default_value_t = 300)]
     keep_alive_secs: u16,
-    /// Run length in seconds (0: until interrupted).
-    #[arg(long = "duration", default_value_t = 30)]
-    duration_secs: u64,
+    /// Clean Start (5.0) / Clean Session (3.1.1).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    clean_start: bool,
+    /// Session Expiry Interval in seconds sent in 5.0 CONNECTs.
+    #[arg(long = "session-expiry")]
+    session_expiry_secs: Option<u32>,
+    /// User name.
+    #[arg(short = 'u', long)]
+    username: Option<String>,
+    /// Password.
+    #[arg(short = 'P', long)]
+    password: Option<String>,
+    /// Run length in seconds, counted from the first connect; default 30 unless --messages
+    /// is given (0: until interrupted).
+    #[arg(long = "duration")]
+    duration_secs: Option<u64>,
+    /// Messages each device publishes, then it disconnects.
+    #[arg(long)]
+    messages: Option<u32>,
+    /// Churn: each of the -c slots connects a device, publishes --messages (default 1)
+    /// messages, disconnects, and takes the next device id, until --churn-total ids ran.
+    #[arg(long)]
+    churn: bool,
+    /// Distinct device ids a churn run goes through (default 10 x -c); implies --churn.
+    #[arg(long)]
+    churn_total: Option<u64>,
+    /// Subscribing devices (fan-out), in each process: each subscribes to --sub-topic and
+    /// must receive every acknowledged message of this process's publishers.
+    #[arg(long, default_value_t = 0)]
+    subscribers: u32,
+    /// Filter of the subscribing devices; default: the topic template with %i and %c
+    /// levels as +.
+    #[arg(long)]
+    sub_topic: Option<String>,
+    /// QoS of the subscriptions (0: subscriber losses are reported, not failed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    sub_qos: u8,
     /// Source addresses to spread connections over, e.g. 127.0.0.1-127.0.0.100.
     #[arg(long)]
     source_ips: Option<String>,
+    /// CPUs to run one shard each on, e.g. 0,1 or 0-3. [default: every CPU allowed]
+    #[arg(long)]
+    cores: Option<String>,
+    /// Processes to spread devices over (each with its share and its own id range), for
+    /// more connections than one process may open; results are merged.
+    #[arg(long, default_value_t = 1)]
+    procs: u32,
+    /// Seconds to wait for a connection and its CONNACK.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout_secs: u64,
+    /// After the run, seconds publishers wait for outstanding acks (also the ack timeout).
+    #[arg(long, default_value_t = 15)]
+    drain_secs: u64,
+    /// Kafka bootstrap servers to verify delivery against.
+    #[arg(long)]
+    verify_kafka: Option<String>,
+    /// Kafka topic(s) the broker maps the messages to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    kafka_topic: Vec<String>,
+    /// Create the --kafka-topic topics that do not exist yet, with this many partitions and
+    /// LogAppendTime timestamps (publish→Kafka is then measured to Kafka's append time
+    /// instead of the moment the consumer reads the record).
+    #[arg(long, value_name = "PARTITIONS")]
+    kafka_create_topics: Option<i32>,
+    /// Seconds after the run to wait for acknowledged messages to appear in Kafka.
+    #[arg(long, default_value_t = 60)]
+    verify_timeout_secs: u64,
     /// Write the final report as JSON to this file.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
+    /// Write per-device figures (sent, acknowledged, received in Kafka, lost, duplicated,
+    /// out of order) as CSV to this file (with --verify-kafka).
+    #[arg(long)]
+    per_device: Option<PathBuf>,
+    /// The broker's pid (several, comma-separated, for several brokers), to report its
+    /// memory per connection: VmRSS at the start and at the most connections.
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
+    /// Internal: run as one of --procs' children.
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
-/// Device id (8 bytes), sequence number (8 bytes) and send time in microseconds (8 bytes).
-const PAYLOAD_HEADER_BYTES: usize = 24;
+/// Default run length without --duration or --messages.
+const DURATION_DEFAULT_SECS: u64 = 30;
+/// Default churn ids per slot without --churn-total.
+const CHURN_IDS_PER_SLOT_DEFAULT: u64 = 10;
 
 fn parse_ip_range(spec: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     let (first, last) = spec.split_once('-').unwrap_or((spec, spec));
@@ -105,7 +216,161 @@ fn check(args: &Args) -> Result<(), String> {
     if let Some(spec) = &args.source_ips {
         parse_ip_range(spec)?;
     }
+    if let Some(mix) = &args.qos_mix {
+        QosMix::parse(mix)?;
+    }
+    if args.total_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err("--total-rate: must be above 0".into());
+    }
+    if args.messages == Some(0) {
+        return Err("--messages: must be at least 1".into());
+    }
+    if args.inflight == 0 {
+        return Err("--inflight: must be at least 1".into());
+    }
+    if args.procs == 0 || args.procs > args.devices {
+        return Err(format!(
+            "--procs: must be between 1 and the {} devices",
+            args.devices
+        ));
+    }
+    if args.churn_total == Some(0) {
+        return Err("--churn-total: must be at least 1".into());
+    }
+    if args.password.is_some() && args.username.is_none() && args.mqtt_version < 5 {
+        return Err("--password: MQTT 3.1/3.1.1 need a --username with it".into());
+    }
+    if args.verify_kafka.is_some() && args.kafka_topic.is_empty() {
+        return Err("--verify-kafka: name the topic(s) to read with --kafka-topic".into());
+    }
+    if args.kafka_create_topics.is_some_and(|n| n < 1) {
+        return Err("--kafka-create-topics: at least 1 partition".into());
+    }
+    if args.per_device.is_some() && args.verify_kafka.is_none() {
+        return Err("--per-device: needs --verify-kafka".into());
+    }
     Ok(())
+}
+
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = target
+        .to_socket_addrs()
+        .map_err(|e| format!("target {target:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("target {target:?}: no address"))
+}
+
+fn scenario_of(args: &Args) -> Result<Scenario, String> {
+    let targets = if args.targets.is_empty() {
+        vec![resolve(&format!("{}:{}", args.host, args.port))?]
+    } else {
+        args.targets
+            .iter()
+            .map(|t| resolve(t))
+            .collect::<Result<_, _>>()?
+    };
+    let source_ips = match &args.source_ips {
+        Some(spec) => {
+            let (first, last) = parse_ip_range(spec)?;
+            (u32::from(first)..=u32::from(last))
+                .map(|ip| IpAddr::V4(Ipv4Addr::from(ip)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let cores = match &args.cores {
+        Some(list) => ferrymq::config::parse_cpu_list(list).map_err(|e| format!("--cores: {e}"))?,
+        None => ferrymq::runtime::affinity_cpus().map_err(|e| format!("CPU affinity: {e}"))?,
+    };
+    let qos = QoS::from_bits(args.qos).map_err(|e| format!("--qos: {e}"))?;
+    let qos_mix = match &args.qos_mix {
+        Some(mix) => QosMix::parse(mix)?,
+        None => QosMix::only(qos),
+    };
+    let publish_interval = match args.total_rate {
+        Some(rate) => Duration::from_secs_f64(f64::from(args.devices) / rate),
+        None => Duration::from_millis(args.publish_interval_ms),
+    };
+    let churn = args.churn || args.churn_total.is_some();
+    let messages_per_device = match (args.messages, churn) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(1),
+        (None, false) => None,
+    };
+    let duration_secs = match (args.duration_secs, messages_per_device) {
+        (Some(secs), _) => secs,
+        (None, Some(_)) => 0,
+        (None, None) => DURATION_DEFAULT_SECS,
+    };
+    let topic = Template::parse(&args.topic);
+    let protocol = match args.mqtt_version {
+        3 => Protocol::V3_1,
+        4 => Protocol::V3_1_1,
+        _ => Protocol::V5,
+    };
+    Ok(Scenario {
+        targets,
+        source_ips,
+        cores,
+        devices: args.devices,
+        subscribers: args.subscribers,
+        connect_rate: args.connect_rate,
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs.max(1)),
+        publish_interval,
+        sub_topic: args
+            .sub_topic
+            .clone()
+            .unwrap_or_else(|| topic.wildcard_filter()),
+        topic,
+        sub_qos: QoS::from_bits(args.sub_qos).map_err(|e| format!("--sub-qos: {e}"))?,
+        payload_size_bytes: args.payload_size_bytes,
+        qos_mix,
+        inflight_max: args.inflight,
+        protocol,
+        keep_alive_secs: args.keep_alive_secs,
+        clean_start: args.clean_start,
+        session_expiry_secs: args.session_expiry_secs,
+        username: args.username.clone(),
+        password: args.password.clone(),
+        id_start: args.id_start,
+        id_prefix: args.id_prefix.clone(),
+        duration: (duration_secs > 0).then(|| Duration::from_secs(duration_secs)),
+        messages_per_device,
+        churn_total: churn.then(|| {
+            args.churn_total
+                .unwrap_or(u64::from(args.devices) * CHURN_IDS_PER_SLOT_DEFAULT)
+        }),
+        drain: Duration::from_secs(args.drain_secs.max(1)),
+        verify: args.verify_kafka.as_ref().map(|bootstrap| KafkaVerify {
+            bootstrap: bootstrap.clone(),
+            topics: args.kafka_topic.clone(),
+            timeout: Duration::from_secs(args.verify_timeout_secs),
+            create_partitions: args.kafka_create_topics,
+        }),
+        json: args.json.clone(),
+        per_device_csv: args.per_device.clone(),
+        broker_pids: args.broker_pid.clone(),
+        child: args.child,
+    })
+}
+
+/// The connections of the whole run and of its busiest process, for the preflight.
+fn demand_of(scenario: &Scenario, procs: u64) -> preflight::Demand {
+    let busiest =
+        procs::share(u64::from(scenario.devices), 0, procs) + u64::from(scenario.subscribers);
+    preflight::Demand {
+        connections_per_process: busiest,
+        connections_total: u64::from(scenario.devices) + u64::from(scenario.subscribers) * procs,
+        shards: scenario.cores.len() as u64,
+        procs,
+        source_ips: scenario.source_ips.len().max(1) as u64,
+        targets: scenario.targets.len() as u64,
+    }
 }
 
 fn main() -> ExitCode {
@@ -114,24 +379,66 @@ fn main() -> ExitCode {
         eprintln!("ferrymq-loadgen: {message}");
         return ExitCode::from(2);
     }
-    println!(
-        "scenario: {} devices ({}{}..) on {}:{}, MQTT level {}, QoS {}, {} B every {} ms to {:?}, \
-         {} connects/s, {} s",
-        args.devices,
-        args.id_prefix,
-        args.id_start,
-        args.host,
-        args.port,
-        args.mqtt_version,
-        args.qos,
-        args.payload_size_bytes,
-        args.publish_interval_ms,
-        args.topic,
-        args.connect_rate,
-        args.duration_secs,
-    );
-    eprintln!("ferrymq-loadgen: running scenarios is not built yet (see the loadgen issue)");
-    ExitCode::from(3)
+    let scenario = match scenario_of(&args) {
+        Ok(scenario) => scenario,
+        Err(message) => {
+            eprintln!("ferrymq-loadgen: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let procs = u64::from(args.procs);
+    let limits = match preflight::Limits::read() {
+        Ok(limits) => limits,
+        Err(error) => {
+            eprintln!("ferrymq-loadgen: preflight: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match preflight::check(&demand_of(&scenario, procs), &limits) {
+        Ok(raise) => {
+            if let Some(fds) = raise.filter(|_| procs == 1) {
+                if let Err(error) = preflight::raise_nofile(fds) {
+                    eprintln!("ferrymq-loadgen: preflight: raise RLIMIT_NOFILE to {fds}: {error}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Err(problems) => {
+            for problem in problems.lines() {
+                eprintln!("ferrymq-loadgen: preflight: {problem}");
+            }
+            return ExitCode::from(2);
+        }
+    }
+    if !scenario.child {
+        println!("scenario: {}", run::describe(&scenario));
+    }
+    let result = if procs > 1 {
+        procs::run(&scenario, args.total_rate, procs)
+    } else {
+        run::run(scenario.clone())
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("ferrymq-loadgen: {message}");
+            return ExitCode::from(3);
+        }
+    };
+    if let Some(path) = &scenario.json {
+        if let Err(message) = run::write_json(path, &report) {
+            eprintln!("ferrymq-loadgen: {message}");
+            return ExitCode::from(3);
+        }
+    }
+    if !scenario.child {
+        print!("{}", report.table());
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,593 @@
+//! One simulated device: a small state machine over the broker's codec, with no I/O of its
+//! own. The engine hands it decoded packets and the time, and it appends what it sends to
+//! the shard's write buffer. What a device keeps between packets is its sequence counter,
+//! its in-flight messages and, rarely, the tail of a partial packet or a blocked write: a
+//! few dozen bytes, so that a shard holds many thousands of them.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use ferrymq::protocol::{
+    Connect, Disconnect, Encode, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+    Subscribe, Subscription, SubscriptionOptions,
+};
+
+use crate::report::{record_latency, Latency, ShardCounters};
+use crate::scenario::{PayloadHeader, Scenario};
+use crate::verify::SeqSet;
+
+/// Where a device is in its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No connection.
+    Idle,
+    /// TCP handshake under way.
+    Connecting,
+    AwaitConnAck,
+    AwaitSubAck,
+    Running,
+    /// DISCONNECT sent; waiting for the broker to close first, so that the TIME_WAIT
+    /// state stays on the broker's side and no client port is held for a minute.
+    Disconnecting,
+}
+
+/// A QoS 1/2 message awaiting its PUBACK or PUBREC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inflight {
+    pub sent_us: u64,
+    pub seq: u32,
+    pub packet_id: u16,
+}
+
+/// What went wrong on a connection, by kind (the report counts each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnAckRefused,
+    SubAckRefused,
+    ClosedByBroker,
+    DisconnectedByBroker,
+    Io,
+    Decode,
+    Unexpected,
+    AckRefused,
+    AckTimeout,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 11] = [
+        Failure::ConnectRefused,
+        Failure::ConnectTimeout,
+        Failure::ConnAckRefused,
+        Failure::SubAckRefused,
+        Failure::ClosedByBroker,
+        Failure::DisconnectedByBroker,
+        Failure::Io,
+        Failure::Decode,
+        Failure::Unexpected,
+        Failure::AckRefused,
+        Failure::AckTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::ConnectRefused => "connect_failed",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::ConnAckRefused => "connack_refused",
+            Failure::SubAckRefused => "suback_refused",
+            Failure::ClosedByBroker => "closed_by_broker",
+            Failure::DisconnectedByBroker => "disconnect_from_broker",
+            Failure::Io => "io_error",
+            Failure::Decode => "decode_error",
+            Failure::Unexpected => "unexpected_packet",
+            Failure::AckRefused => "ack_with_error_code",
+            Failure::AckTimeout => "ack_timeout",
+        }
+    }
+
+    /// Failures before the device was connected.
+    pub fn is_connect(self) -> bool {
+        matches!(
+            self,
+            Failure::ConnectRefused | Failure::ConnectTimeout | Failure::ConnAckRefused
+        )
+    }
+}
+
+/// What the devices of one shard observed: latencies, and what each subscribing device
+/// received from each publishing device.
+pub struct Observed {
+    pub puback: Latency,
+    pub subscriber: Latency,
+    /// Per subscriber slot of this shard: publisher device → sequence numbers received.
+    pub sub_seen: Vec<HashMap<u64, SeqSet>>,
+    /// Messages subscribers got from devices outside this process's id range.
+    pub sub_foreign: u64,
+    pub failures: [u64; Failure::ALL.len()],
+}
+
+impl Observed {
+    pub fn count(&mut self, failure: Failure) {
+        self.failures[failure as usize] += 1;
+    }
+}
+
+/// What a packet changed, for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    None,
+    /// CONNACK accepted.
+    Connected,
+    /// SUBACK accepted: a subscriber is ready.
+    Subscribed,
+}
+
+/// The packet identifier of sequence number `seq`: ids cycle through 1..=65535, so a
+/// device needs no free list while fewer than 65535 messages are in flight.
+pub fn packet_id_of(seq: u32) -> u16 {
+    (seq % 65_535) as u16 + 1
+}
+
+#[derive(Debug)]
+pub struct Device {
+    /// The device number: %i in topics, the id in payloads.
+    pub number: u64,
+    /// For a subscribing device, its slot in [`Observed::sub_seen`].
+    pub subscriber_slot: Option<u32>,
+    pub phase: Phase,
+    /// Next sequence number, which is also the number of messages sent.
+    pub seq_next: u32,
+    pub sent_qos0: u32,
+    pub acked: u32,
+    pub inflight: Vec<Inflight>,
+    /// QoS 1/2 sequence numbers whose connection ended before their ack.
+    pub unacked: Vec<u32>,
+    /// QoS 2 messages past PUBREC awaiting PUBCOMP.
+    pub awaiting_pubcomp: u16,
+    pub next_publish_us: u64,
+    pub last_tx_us: u64,
+    /// The start of a packet whose rest has not arrived.
+    pub leftover: Vec<u8>,
+    /// Bytes the socket did not take yet.
+    pub pending_tx: Vec<u8>,
+}
+
+impl Device {
+    pub fn publisher(number: u64) -> Device {
+        Device {
+            number,
+            subscriber_slot: None,
+            phase: Phase::Idle,
+            seq_next: 0,
+            sent_qos0: 0,
+            acked: 0,
+            inflight: Vec::new(),
+            unacked: Vec::new(),
+            awaiting_pubcomp: 0,
+            next_publish_us: 0,
+            last_tx_us: 0,
+            leftover: Vec::new(),
+            pending_tx: Vec::new(),
+        }
+    }
+
+    pub fn subscriber(index: u32, slot: u32) -> Device {
+        Device {
+            subscriber_slot: Some(slot),
+            ..Device::publisher(u64::from(index))
+        }
+    }
+
+    pub fn client_id(&self, scenario: &Scenario) -> String {
+        match self.subscriber_slot {
+            Some(_) => scenario.subscriber_client_id(self.number as u32),
+            None => scenario.client_id(self.number),
+        }
+    }
+
+    /// Starts a connection: appends CONNECT to `tx`.
+    pub fn connect(&mut self, scenario: &Scenario, now_us: u64, tx: &mut BytesMut) {
+        let mut connect = Connect::new(
+            scenario.protocol,
+            self.client_id(scenario),
+            scenario.keep_alive_secs,
+        );
+        connect.clean_start = scenario.clean_start;
+        connect.username = scenario.username.clone().map(Into::into);
+        connect.password = scenario.password.clone().map(Into::into);
+        if scenario.protocol.is_v5() {
+            connect.properties.session_expiry_interval_secs = scenario.session_expiry_secs;
+        }
+        connect.encode(scenario.protocol, tx);
+        self.phase = Phase::AwaitConnAck;
+        self.last_tx_us = now_us;
+    }
+
+    /// Whether this device has messages left to publish (ignoring the run's end).
+    pub fn has_messages_left(&self, scenario: &Scenario) -> bool {
+        self.subscriber_slot.is_none()
+            && scenario
+                .messages_per_device
+                .is_none_or(|n| self.seq_next < n)
+    }
+
+    fn window_open(&self, scenario: &Scenario) -> bool {
+        self.inflight.len() + usize::from(self.awaiting_pubcomp)
+            < usize::from(scenario.inflight_max)
+    }
+
+    /// Publishes if the device is due, has messages left and room in its window.
+    pub fn maybe_publish(
+        &mut self,
+        scenario: &Scenario,
+        now_us: u64,
+        tx: &mut BytesMut,
+        counters: &ShardCounters,
+    ) {
+        if self.phase != Phase::Running
+            || now_us < self.next_publish_us
+            || !self.has_messages_left(scenario)
+            || !self.window_open(scenario)
+        {
+            return;
+        }
+        let seq = self.seq_next;
+        let qos = scenario.qos_mix.qos_of(self.number, seq);
+        let header = PayloadHeader {
+            device: self.number,
+            seq: u64::from(seq),
+            sent_us: now_us,
+        };
+        let topic = scenario.topic.render(self.number, &scenario.id_prefix);
+        let mut publish = Publish::new(topic, qos, scenario.payload(header));
+        if qos == QoS::AtMostOnce {
+            self.sent_qos0 += 1;
+        } else {
+            publish.packet_id = packet_id_of(seq);
+            self.inflight.push(Inflight {
+                sent_us: now_us,
+                seq,
+                packet_id: publish.packet_id,
+            });
+        }
+        publish.encode(scenario.protocol, tx);
+        self.seq_next += 1;
+        self.last_tx_us = now_us;
+        // Keep the pace of the schedule, but after a stall (a full window) start afresh
+        // rather than burst to catch up.
+        let interval_us = scenario.publish_interval.as_micros() as u64;
+        self.next_publish_us = (self.next_publish_us + interval_us).max(now_us);
+        ShardCounters::add(&counters.publishes, 1);
+    }
+
+    /// Appends PINGREQ when nothing was sent for half the keep alive.
+    pub fn maybe_ping(&mut self, scenario: &Scenario, now_us: u64, tx: &mut BytesMut) {
+        let keep_alive_us = u64::from(scenario.keep_alive_secs) * 1_000_000;
+        if keep_alive_us > 0 && now_us >= self.last_tx_us + keep_alive_us / 2 {
+            Packet::PingReq.encode(scenario.protocol, tx);
+            self.last_tx_us = now_us;
+        }
+    }
+
+    /// Appends DISCONNECT.
+    pub fn disconnect(&mut self, scenario: &Scenario, tx: &mut BytesMut) {
+        Disconnect::new(ReasonCode::Success).encode(scenario.protocol, tx);
+        self.phase = Phase::Disconnecting;
+    }
+
+    /// The connection ended: whatever is in flight will not be acknowledged.
+    pub fn abandon_inflight(&mut self) {
+        self.phase = Phase::Idle;
+        self.unacked.extend(self.inflight.drain(..).map(|m| m.seq));
+        self.awaiting_pubcomp = 0;
+        self.leftover = Vec::new();
+        self.pending_tx = Vec::new();
+    }
+
+    /// When the device next has something to do by itself: publish (while `publishing`)
+    /// or ping.
+    pub fn next_wake_us(&self, scenario: &Scenario, publishing: bool) -> u64 {
+        let mut wake = u64::MAX;
+        if publishing
+            && self.phase == Phase::Running
+            && self.has_messages_left(scenario)
+            && self.window_open(scenario)
+        {
+            wake = self.next_publish_us;
+        }
+        let keep_alive_us = u64::from(scenario.keep_alive_secs) * 1_000_000;
+        if keep_alive_us > 0 {
+            wake = wake.min(self.last_tx_us + keep_alive_us / 2);
+        }
+        wake
+    }
+
+    /// Acts on one packet from the broker; answers go to `tx`.
+    pub fn handle(
+        &mut self,
+        packet: Packet,
+        scenario: &Scenario,
+        now_us: u64,
+        tx: &mut BytesMut,
+        observed: &mut Observed,
+        counters: &ShardCounters,
+    ) -> Result<Event, Failure> {
+        match packet {
+            Packet::ConnAck(connack) if self.phase == Phase::AwaitConnAck => {
+                if connack.reason_code.is_error() {
+                    return Err(Failure::ConnAckRefused);
+                }
+                match self.subscriber_slot {
+                    Some(_) => {
+                        let options = SubscriptionOptions {
+                            qos: scenario.sub_qos,
+                            ..Default::default()
+                        };
+                        Subscribe::new(
+                            1,
+                            vec![Subscription {
+                                filter: scenario.sub_topic.clone().into(),
+                                options,
+                            }],
+                        )
+                        .encode(scenario.protocol, tx);
+                        self.last_tx_us = now_us;
+                        self.phase = Phase::AwaitSubAck;
+                    }
+                    None => self.phase = Phase::Running,
+                }
+                Ok(Event::Connected)
+            }
+            Packet::SubAck(suback) if self.phase == Phase::AwaitSubAck => {
+                if suback.reason_codes.iter().any(|code| code.is_error()) {
+                    return Err(Failure::SubAckRefused);
+                }
+                self.phase = Phase::Running;
+                Ok(Event::Subscribed)
+            }
+            Packet::PubAck(ack) => {
+                self.acknowledge(ack.packet_id, ack.reason_code, now_us, observed, counters)?;
+                Ok(Event::None)
+            }
+            Packet::PubRec(rec) => {
+                self.acknowledge(rec.packet_id, rec.reason_code, now_us, observed, counters)?;
+                PubRel::new(rec.packet_id).encode(scenario.protocol, tx);
+                self.awaiting_pubcomp += 1;
+                Ok(Event::None)
+            }
+            Packet::PubComp(_) => {
+                self.awaiting_pubcomp = self.awaiting_pubcomp.saturating_sub(1);
+                Ok(Event::None)
+            }
+            Packet::Publish(publish) => {
+                let Some(slot) = self.subscriber_slot else {
+                    return Err(Failure::Unexpected);
+                };
+                match publish.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        PubAck::new(publish.packet_id).encode(scenario.protocol, tx)
+                    }
+                    QoS::ExactlyOnce => {
+                        PubRec::new(publish.packet_id).encode(scenario.protocol, tx)
+                    }
+                }
+                ShardCounters::add(&counters.sub_received, 1);
+                match PayloadHeader::decode(&publish.payload) {
+                    Some(header) if scenario.owns_device(header.device) => {
+                        let seen = observed.sub_seen[slot as usize]
+                            .entry(header.device)
+                            .or_default();
+                        if seen.record(header.seq) != crate::verify::Seen::Duplicate {
+                            record_latency(
+                                &mut observed.subscriber,
+                                now_us.saturating_sub(header.sent_us),
+                            );
+                        }
+                    }
+                    _ => observed.sub_foreign += 1,
+                }
+                Ok(Event::None)
+            }
+            Packet::PubRel(rel) => {
+                PubComp::new(rel.packet_id).encode(scenario.protocol, tx);
+                Ok(Event::None)
+            }
+            Packet::PingResp => Ok(Event::None),
+            Packet::Disconnect(_) => Err(Failure::DisconnectedByBroker),
+            _ => Err(Failure::Unexpected),
+        }
+    }
+
+    fn acknowledge(
+        &mut self,
+        packet_id: u16,
+        reason_code: ReasonCode,
+        now_us: u64,
+        observed: &mut Observed,
+        counters: &ShardCounters,
+    ) -> Result<(), Failure> {
+        // Acks come in publish order [MQTT-4.6.0-2], so the match is nearly always first.
+        let Some(at) = self.inflight.iter().position(|m| m.packet_id == packet_id) else {
+            return Err(Failure::Unexpected);
+        };
+        let message = self.inflight.remove(at);
+        if reason_code.is_error() {
+            self.unacked.push(message.seq);
+            observed.count(Failure::AckRefused);
+            return Ok(());
+        }
+        self.acked += 1;
+        record_latency(&mut observed.puback, now_us.saturating_sub(message.sent_us));
+        ShardCounters::add(&counters.acks, 1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::scenario::{QosMix, Template};
+    use ferrymq::protocol::{ConnAck, Decoder, Protocol, SubAck};
+    use std::time::Duration;
+
+    pub fn scenario() -> Scenario {
+        Scenario {
+            targets: vec!["127.0.0.1:1883".parse().unwrap()],
+            source_ips: vec![],
+            cores: vec![0],
+            devices: 1,
+            subscribers: 0,
+            connect_rate: 100,
+            connect_timeout: Duration::from_secs(5),
+            publish_interval: Duration::from_millis(100),
+            topic: Template::parse("d/%i/t"),
+            sub_topic: "d/+/t".into(),
+            sub_qos: QoS::AtLeastOnce,
+            payload_size_bytes: 32,
+            qos_mix: QosMix::only(QoS::AtLeastOnce),
+            inflight_max: 2,
+            protocol: Protocol::V5,
+            keep_alive_secs: 60,
+            clean_start: true,
+            session_expiry_secs: None,
+            username: None,
+            password: None,
+            id_start: 10,
+            id_prefix: "lg-".into(),
+            duration: None,
+            messages_per_device: Some(3),
+            churn_total: None,
+            drain: Duration::from_secs(1),
+            verify: None,
+            json: None,
+            per_device_csv: None,
+            broker_pids: Vec::new(),
+            child: false,
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            puback: crate::report::latency_histogram(),
+            subscriber: crate::report::latency_histogram(),
+            sub_seen: vec![HashMap::new()],
+            sub_foreign: 0,
+            failures: [0; Failure::ALL.len()],
+        }
+    }
+
+    /// What the broker would decode from `tx`.
+    fn sent(tx: &mut BytesMut) -> Vec<Packet> {
+        let mut decoder = if tx.first() == Some(&0x10) {
+            Decoder::server(1 << 20)
+        } else {
+            Decoder::server_connected(Protocol::V5, 1 << 20)
+        };
+        let mut packets = Vec::new();
+        while let Some(packet) = decoder.decode(tx).unwrap() {
+            packets.push(packet);
+        }
+        packets
+    }
+
+    #[test]
+    fn publisher_connects_publishes_in_window_and_counts_acks() {
+        let sc = scenario();
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        let mut device = Device::publisher(10);
+        let mut tx = BytesMut::new();
+        device.connect(&sc, 1_000, &mut tx);
+        let packets = sent(&mut tx);
+        let Packet::Connect(connect) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(&*connect.client_id, "lg-10");
+        let connack = Packet::ConnAck(Box::new(ConnAck::new(false, ReasonCode::Success)));
+        assert_eq!(
+            device.handle(connack, &sc, 1_000, &mut tx, &mut seen, &counters),
+            Ok(Event::Connected)
+        );
+        // Three messages are due, the window holds two.
+        for now in [2_000, 200_000, 400_000] {
+            device.maybe_publish(&sc, now, &mut tx, &counters);
+        }
+        let publishes: Vec<Publish> = sent(&mut tx)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(publishes.len(), 2);
+        assert_eq!(&*publishes[1].topic, "d/10/t");
+        assert_eq!(publishes[1].packet_id, 2);
+        let header = PayloadHeader::decode(&publishes[1].payload).unwrap();
+        assert_eq!((header.device, header.seq), (10, 1));
+        assert_eq!(publishes[1].payload.len(), 32);
+        let ack = |id| Packet::PubAck(PubAck::new(id));
+        device
+            .handle(ack(1), &sc, 402_000, &mut tx, &mut seen, &counters)
+            .unwrap();
+        assert_eq!((device.acked, device.inflight.len()), (1, 1));
+        assert!((399_000..=401_000).contains(&seen.puback.max()));
+        device.maybe_publish(&sc, 402_000, &mut tx, &counters);
+        assert_eq!(device.seq_next, 3);
+        assert!(!device.has_messages_left(&sc));
+        // An ack for an id not in flight is the broker's error.
+        assert_eq!(
+            device.handle(ack(9), &sc, 403_000, &mut tx, &mut seen, &counters),
+            Err(Failure::Unexpected)
+        );
+        device.abandon_inflight();
+        assert_eq!(device.unacked, vec![1, 2]);
+        assert!(device.inflight.is_empty());
+    }
+
+    #[test]
+    fn subscriber_subscribes_acks_and_tracks_sequences() {
+        let sc = scenario();
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        let mut device = Device::subscriber(0, 0);
+        let mut tx = BytesMut::new();
+        device.connect(&sc, 0, &mut tx);
+        let connack = Packet::ConnAck(Box::new(ConnAck::new(false, ReasonCode::Success)));
+        device
+            .handle(connack, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        assert_eq!(device.phase, Phase::AwaitSubAck);
+        let suback = Packet::SubAck(SubAck::new(1, vec![ReasonCode::GrantedQos1]));
+        assert_eq!(
+            device.handle(suback, &sc, 0, &mut tx, &mut seen, &counters),
+            Ok(Event::Subscribed)
+        );
+        for (seq, device_number) in [(0, 10), (1, 10), (1, 10), (0, 99)] {
+            let header = PayloadHeader {
+                device: device_number,
+                seq,
+                sent_us: 100,
+            };
+            let mut publish = Publish::new("d/10/t", QoS::AtLeastOnce, sc.payload(header));
+            publish.packet_id = 7;
+            device
+                .handle(
+                    Packet::Publish(publish),
+                    &sc,
+                    600,
+                    &mut tx,
+                    &mut seen,
+                    &counters,
+                )
+                .unwrap();
+        }
+        let set = &seen.sub_seen[0][&10];
+        assert_eq!((set.received, set.duplicated), (2, 1));
+        assert_eq!(seen.sub_foreign, 1);
+        assert_eq!(seen.subscriber.len(), 2);
+        let packets = sent(&mut tx);
+        assert!(matches!(packets[1], Packet::Subscribe(_)), "{packets:?}");
+    }
+}

@@ -1,0 +1,738 @@
+//! What a run tells: live counters per shard and the progress line made from them each
+//! second, latency histograms, and the final report, printed as a table and written as
+//! JSON. Reports of several processes (`--procs`) merge into one: counts add up and the
+//! histograms travel in the JSON so that percentiles are computed over all of them.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Latencies in microseconds, 1 µs to 1 h, 3 significant digits.
+pub type Latency = Histogram<u64>;
+
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+pub fn latency_histogram() -> Latency {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
+}
+
+/// Records `us`, clamped into the histogram's range.
+pub fn record_latency(histogram: &mut Latency, us: u64) {
+    histogram.saturating_record(us.clamp(1, LATENCY_US_MAX));
+}
+
+/// Live counters of one shard: written by that shard only (relaxed stores, no lock on the
+/// message path), read once a second by the thread that prints progress. Aligned so that
+/// two shards never write the same cache line.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub connected: AtomicI64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub publishes: AtomicU64,
+    pub acks: AtomicU64,
+    pub errors: AtomicU64,
+    pub sub_received: AtomicU64,
+}
+
+impl ShardCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The counters of all shards (or processes) added up at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub connected: i64,
+    pub connects: u64,
+    pub connect_errors: u64,
+    pub publishes: u64,
+    pub acks: u64,
+    pub errors: u64,
+    pub sub_received: u64,
+}
+
+impl Totals {
+    pub fn of(shards: &[ShardCounters]) -> Totals {
+        let mut totals = Totals::default();
+        for shard in shards {
+            totals += Totals {
+                connected: shard.connected.load(Ordering::Relaxed),
+                connects: shard.connects.load(Ordering::Relaxed),
+                connect_errors: shard.connect_errors.load(Ordering::Relaxed),
+                publishes: shard.publishes.load(Ordering::Relaxed),
+                acks: shard.acks.load(Ordering::Relaxed),
+                errors: shard.errors.load(Ordering::Relaxed),
+                sub_received: shard.sub_received.load(Ordering::Relaxed),
+            };
+        }
+        totals
+    }
+
+    /// The progress line: `previous` is the sample `secs` earlier.
+    pub fn progress_line(&self, previous: &Totals, elapsed_secs: u64, secs: f64) -> String {
+        let rate = |now: u64, before: u64| (now.saturating_sub(before) as f64 / secs).round();
+        let mut line = format!(
+            "[{elapsed_secs:>4}s] connected {:>7} | connects/s {:>6} | publishes/s {:>7} | \
+             acks/s {:>7} | errors {}",
+            self.connected,
+            rate(self.connects, previous.connects),
+            rate(self.publishes, previous.publishes),
+            rate(self.acks, previous.acks),
+            self.errors + self.connect_errors,
+        );
+        if self.sub_received > 0 {
+            line.push_str(&format!(
+                " | subscriber msgs/s {}",
+                rate(self.sub_received, previous.sub_received)
+            ));
+        }
+        line
+    }
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, other: Totals) {
+        self.connected += other.connected;
+        self.connects += other.connects;
+        self.connect_errors += other.connect_errors;
+        self.publishes += other.publishes;
+        self.acks += other.acks;
+        self.errors += other.errors;
+        self.sub_received += other.sub_received;
+    }
+}
+
+/// Percentiles of one latency, in microseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub fn of(histogram: &Latency) -> LatencySummary {
+        if histogram.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p90_us: histogram.value_at_quantile(0.9),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+/// A histogram as (value, count) pairs: what the JSON carries for merging.
+pub fn dump(histogram: &Latency) -> Vec<[u64; 2]> {
+    histogram
+        .iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect()
+}
+
+pub fn undump(pairs: &[[u64; 2]]) -> Latency {
+    let mut histogram = latency_histogram();
+    for &[value, count] in pairs {
+        histogram
+            .record_n(value.clamp(1, LATENCY_US_MAX), count)
+            .expect("value within bounds");
+    }
+    histogram
+}
+
+/// Figures of one device with something wrong, for the report's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIssue {
+    pub device: u64,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
+/// How many device issues a report lists (the counts cover all of them).
+pub const DEVICE_ISSUES_LISTED_MAX: usize = 100;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFigures {
+    /// Publishing devices connected at once (churn slots).
+    pub publishers: u64,
+    pub subscribers: u64,
+    /// Publishing device ids that ran.
+    pub distinct_ids: u64,
+    pub connected_max: i64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionFigures {
+    /// Connections that got a successful CONNACK.
+    pub connects: u64,
+    pub connect_errors: u64,
+    /// Errors by kind, connect errors included.
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageFigures {
+    pub sent: u64,
+    pub sent_qos0: u64,
+    /// QoS 1/2 messages the broker acknowledged (PUBACK, or PUBREC for QoS 2).
+    pub acknowledged: u64,
+    /// QoS 1/2 messages without an ack when their connection ended.
+    pub unacknowledged: u64,
+    pub publishes_per_sec: f64,
+}
+
+/// What the Kafka consumer saw of this run's messages.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaFigures {
+    pub topics: Vec<String>,
+    /// Distinct messages of this run found in Kafka.
+    pub received: u64,
+    /// Acknowledged, yet not in Kafka.
+    pub lost: u64,
+    /// Records beyond the first of a message.
+    pub duplicated: u64,
+    /// Messages that arrived after a later message of the same device.
+    pub out_of_order: u64,
+    /// QoS 0 messages sent but not in Kafka (best effort: not a loss).
+    pub qos0_missing: u64,
+    /// Records of this run's devices with a sequence number never sent.
+    pub unexpected: u64,
+    /// Records of other devices (other processes, other runs) that were skipped.
+    pub foreign: u64,
+    pub devices_with_loss: u64,
+    /// The consumer gave up before every acknowledged message was found.
+    pub timed_out: bool,
+    /// "log-append-time", "create-time" or "consume-time": what publish→Kafka measures to.
+    pub latency_to: String,
+}
+
+/// What this process's subscribing devices saw of its publishers' messages.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriberFigures {
+    pub subscribers: u64,
+    /// Acknowledged messages times subscribers: what they had to receive.
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Subscribed at QoS 0: copies may be dropped, so losses do not fail the run.
+    pub best_effort: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyFigures {
+    pub puback: LatencySummary,
+    pub subscriber: LatencySummary,
+    pub kafka: LatencySummary,
+}
+
+/// The process's allocator: mimalloc, counting the bytes handed out and not yet returned,
+/// so that the report can say exactly how much heap a connected device holds. (VmRSS says
+/// it too, but moves in allocator-sized steps and keeps freed pages.) One relaxed atomic
+/// add per allocation; the Kafka consumer's C allocations are not counted.
+pub struct CountingAllocator;
+
+static HEAP_LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+pub fn heap_live_bytes() -> u64 {
+    HEAP_LIVE_BYTES.load(Ordering::Relaxed).max(0) as u64
+}
+
+// SAFETY: every call is forwarded to mimalloc unchanged; the counter only observes.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let ptr = mimalloc::MiMalloc.alloc(layout);
+        if !ptr.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let ptr = mimalloc::MiMalloc.alloc_zeroed(layout);
+        if !ptr.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        mimalloc::MiMalloc.dealloc(ptr, layout);
+        HEAP_LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new = mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+        if !new.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        new
+    }
+}
+
+/// Memory of the loadgen and of the broker: at the start of the run (shards and buffers
+/// ready, no device yet; an idle broker) and at the most connections. The difference over
+/// the connections is what a connected device costs in user space (kernel socket buffers
+/// are in neither figure): the live heap exactly, and VmRSS as the kernel sees it, which
+/// also moves with the allocator's page reuse and, with --verify-kafka, the consumer's
+/// buffers.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryFigures {
+    pub loadgen_heap_base_bytes: u64,
+    pub loadgen_heap_connected_bytes: u64,
+    pub loadgen_heap_bytes_per_device: u64,
+    pub loadgen_rss_base_bytes: u64,
+    pub loadgen_rss_connected_bytes: u64,
+    /// Connections open when the connected RSS was taken (the most of the run).
+    pub connected_at_sample: i64,
+    pub loadgen_bytes_per_device: u64,
+    pub broker_rss_base_bytes: u64,
+    pub broker_rss_connected_bytes: u64,
+    pub broker_bytes_per_connection: u64,
+}
+
+impl MemoryFigures {
+    pub fn compute(&mut self) {
+        let per = |base: u64, connected: u64, n: i64| {
+            if n > 0 {
+                connected.saturating_sub(base) / n as u64
+            } else {
+                0
+            }
+        };
+        self.loadgen_bytes_per_device = per(
+            self.loadgen_rss_base_bytes,
+            self.loadgen_rss_connected_bytes,
+            self.connected_at_sample,
+        );
+        self.loadgen_heap_bytes_per_device = per(
+            self.loadgen_heap_base_bytes,
+            self.loadgen_heap_connected_bytes,
+            self.connected_at_sample,
+        );
+        self.broker_bytes_per_connection = per(
+            self.broker_rss_base_bytes,
+            self.broker_rss_connected_bytes,
+            self.connected_at_sample,
+        );
+    }
+
+    /// Adds another process's figures: RSS and connections add up, the cost per device
+    /// is the mean weighted by connections.
+    pub fn merge(&mut self, other: &MemoryFigures) {
+        let (mine, theirs) = (
+            self.connected_at_sample.max(0),
+            other.connected_at_sample.max(0),
+        );
+        let weighted =
+            |a: u64, b: u64| (a * mine as u64 + b * theirs as u64) / (mine + theirs).max(1) as u64;
+        let rss_per_device = weighted(
+            self.loadgen_bytes_per_device,
+            other.loadgen_bytes_per_device,
+        );
+        let heap_per_device = weighted(
+            self.loadgen_heap_bytes_per_device,
+            other.loadgen_heap_bytes_per_device,
+        );
+        self.loadgen_heap_base_bytes += other.loadgen_heap_base_bytes;
+        self.loadgen_heap_connected_bytes += other.loadgen_heap_connected_bytes;
+        self.loadgen_rss_base_bytes += other.loadgen_rss_base_bytes;
+        self.loadgen_rss_connected_bytes += other.loadgen_rss_connected_bytes;
+        self.connected_at_sample += other.connected_at_sample;
+        self.loadgen_bytes_per_device = rss_per_device;
+        self.loadgen_heap_bytes_per_device = heap_per_device;
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    pub puback: Vec<[u64; 2]>,
+    pub subscriber: Vec<[u64; 2]>,
+    pub kafka: Vec<[u64; 2]>,
+}
+
+/// The final report; `--json` writes it as is.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub procs: u64,
+    pub elapsed_secs: f64,
+    pub devices: DeviceFigures,
+    pub connections: ConnectionFigures,
+    pub messages: MessageFigures,
+    pub kafka: Option<KafkaFigures>,
+    pub subscriptions: Option<SubscriberFigures>,
+    pub latency: LatencyFigures,
+    pub memory: MemoryFigures,
+    pub devices_with_issues: Vec<DeviceIssue>,
+    pub histograms: Histograms,
+}
+
+impl Report {
+    /// No acknowledged message missing from Kafka or from a subscriber, and the
+    /// verification finished.
+    pub fn passed(&self) -> bool {
+        let kafka_ok = self
+            .kafka
+            .as_ref()
+            .is_none_or(|k| k.lost == 0 && !k.timed_out);
+        let subs_ok = self
+            .subscriptions
+            .as_ref()
+            .is_none_or(|s| s.lost == 0 || s.best_effort);
+        kafka_ok && subs_ok
+    }
+
+    /// Recomputes the latency summaries from the histograms.
+    pub fn summarize_latencies(&mut self) {
+        self.latency = LatencyFigures {
+            puback: LatencySummary::of(&undump(&self.histograms.puback)),
+            subscriber: LatencySummary::of(&undump(&self.histograms.subscriber)),
+            kafka: LatencySummary::of(&undump(&self.histograms.kafka)),
+        };
+    }
+
+    /// Adds the report of another process of the same run.
+    pub fn merge(&mut self, other: &Report) {
+        self.procs += other.procs;
+        self.elapsed_secs = self.elapsed_secs.max(other.elapsed_secs);
+        let d = &mut self.devices;
+        d.publishers += other.devices.publishers;
+        d.subscribers += other.devices.subscribers;
+        d.distinct_ids += other.devices.distinct_ids;
+        d.connected_max += other.devices.connected_max;
+        let c = &mut self.connections;
+        c.connects += other.connections.connects;
+        c.connect_errors += other.connections.connect_errors;
+        for (kind, n) in &other.connections.errors {
+            *c.errors.entry(kind.clone()).or_default() += n;
+        }
+        let m = &mut self.messages;
+        m.sent += other.messages.sent;
+        m.sent_qos0 += other.messages.sent_qos0;
+        m.acknowledged += other.messages.acknowledged;
+        m.unacknowledged += other.messages.unacknowledged;
+        m.publishes_per_sec += other.messages.publishes_per_sec;
+        match (&mut self.kafka, &other.kafka) {
+            (Some(k), Some(o)) => {
+                k.received += o.received;
+                k.lost += o.lost;
+                k.duplicated += o.duplicated;
+                k.out_of_order += o.out_of_order;
+                k.qos0_missing += o.qos0_missing;
+                k.unexpected += o.unexpected;
+                // Each process skips the others' records: not foreign to the run.
+                k.foreign = k.foreign.min(o.foreign);
+                k.devices_with_loss += o.devices_with_loss;
+                k.timed_out |= o.timed_out;
+            }
+            (None, Some(o)) => self.kafka = Some(o.clone()),
+            _ => {}
+        }
+        match (&mut self.subscriptions, &other.subscriptions) {
+            (Some(s), Some(o)) => {
+                s.subscribers += o.subscribers;
+                s.expected += o.expected;
+                s.received += o.received;
+                s.lost += o.lost;
+                s.duplicated += o.duplicated;
+                s.out_of_order += o.out_of_order;
+            }
+            (None, Some(o)) => self.subscriptions = Some(o.clone()),
+            _ => {}
+        }
+        self.memory.merge(&other.memory);
+        let room = DEVICE_ISSUES_LISTED_MAX.saturating_sub(self.devices_with_issues.len());
+        self.devices_with_issues
+            .extend(other.devices_with_issues.iter().take(room).cloned());
+        for (mine, theirs) in [
+            (&mut self.histograms.puback, &other.histograms.puback),
+            (
+                &mut self.histograms.subscriber,
+                &other.histograms.subscriber,
+            ),
+            (&mut self.histograms.kafka, &other.histograms.kafka),
+        ] {
+            let mut merged = undump(mine);
+            merged
+                .add(undump(theirs))
+                .expect("histograms of equal bounds");
+            *mine = dump(&merged);
+        }
+        self.summarize_latencies();
+    }
+
+    /// The report as the table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        line(format!(
+            "== ferrymq-loadgen report: {} ({} process{}, {:.1} s)",
+            self.scenario,
+            self.procs,
+            if self.procs == 1 { "" } else { "es" },
+            self.elapsed_secs
+        ));
+        let d = &self.devices;
+        let c = &self.connections;
+        line(format!(
+            "devices      {} publishing at once, {} subscribing; {} distinct ids; connected max {}",
+            d.publishers, d.subscribers, d.distinct_ids, d.connected_max
+        ));
+        let errors = if c.errors.is_empty() {
+            "none".to_string()
+        } else {
+            c.errors
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line(format!(
+            "connections  {} connects, {} connect errors; errors: {errors}",
+            c.connects, c.connect_errors
+        ));
+        let m = &self.messages;
+        line(format!(
+            "messages     sent {} (QoS 0: {}), acknowledged {}, unacknowledged {}; {:.0} publishes/s",
+            m.sent, m.sent_qos0, m.acknowledged, m.unacknowledged, m.publishes_per_sec
+        ));
+        if let Some(k) = &self.kafka {
+            line(format!(
+                "kafka        received {}, LOST {}, duplicated {}, out of order {}, QoS 0 missing \
+                 {}, unexpected {}{} [{}]",
+                k.received,
+                k.lost,
+                k.duplicated,
+                k.out_of_order,
+                k.qos0_missing,
+                k.unexpected,
+                if k.timed_out {
+                    ", TIMED OUT waiting"
+                } else {
+                    ""
+                },
+                k.topics.join(",")
+            ));
+        }
+        if let Some(s) = &self.subscriptions {
+            line(format!(
+                "subscribers  {} subscribers expected {}, received {}, LOST {}, duplicated {}, \
+                 out of order {}",
+                s.subscribers, s.expected, s.received, s.lost, s.duplicated, s.out_of_order
+            ));
+        }
+        line(format!(
+            "latency ms   {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "", "p50", "p90", "p99", "p99.9", "max", "count"
+        ));
+        let kafka_label = format!(
+            "publish→Kafka ({})",
+            self.kafka.as_ref().map_or("", |k| k.latency_to.as_str())
+        );
+        for (label, summary) in [
+            ("publish→ack".to_string(), &self.latency.puback),
+            ("publish→subscriber".to_string(), &self.latency.subscriber),
+            (kafka_label, &self.latency.kafka),
+        ] {
+            if summary.count == 0 {
+                continue;
+            }
+            let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+            line(format!(
+                "             {label:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+                ms(summary.p50_us),
+                ms(summary.p90_us),
+                ms(summary.p99_us),
+                ms(summary.p999_us),
+                ms(summary.max_us),
+                summary.count
+            ));
+        }
+        let mem = &self.memory;
+        let churn = self.devices.distinct_ids > self.devices.publishers;
+        let per_device = if churn {
+            "(churn: records of every id past, not a cost per connected device)".to_string()
+        } else if mem.connected_at_sample >= MEMORY_SAMPLE_CONNECTIONS_MIN {
+            format!(
+                "{} B heap, {} B RSS per connected device",
+                mem.loadgen_heap_bytes_per_device, mem.loadgen_bytes_per_device
+            )
+        } else {
+            "too few connections for a figure per device".to_string()
+        };
+        let mut memory = format!(
+            "memory       loadgen {per_device} (RSS {:.1} → {:.1} MiB at {} connections)",
+            mib(mem.loadgen_rss_base_bytes),
+            mib(mem.loadgen_rss_connected_bytes),
+            mem.connected_at_sample
+        );
+        if mem.broker_rss_connected_bytes > 0 && !churn {
+            memory.push_str(&format!(
+                "; broker {} B per connection (RSS {:.1} → {:.1} MiB)",
+                mem.broker_bytes_per_connection,
+                mib(mem.broker_rss_base_bytes),
+                mib(mem.broker_rss_connected_bytes)
+            ));
+        }
+        line(memory);
+        if !self.devices_with_issues.is_empty() {
+            line(format!(
+                "devices with lost, duplicated or out-of-order messages (first {}):",
+                self.devices_with_issues.len()
+            ));
+            for issue in self.devices_with_issues.iter().take(10) {
+                line(format!(
+                    "  device {}: sent {}, acknowledged {}, received {}, lost {}, duplicated {}, \
+                     out of order {}",
+                    issue.device,
+                    issue.sent,
+                    issue.acknowledged,
+                    issue.received,
+                    issue.lost,
+                    issue.duplicated,
+                    issue.out_of_order
+                ));
+            }
+        }
+        line(format!(
+            "result       {}",
+            if self.passed() {
+                "PASS: every acknowledged message was delivered"
+            } else {
+                "FAIL: acknowledged messages are missing (see LOST above)"
+            }
+        ));
+        out
+    }
+}
+
+/// Below this many connections allocator noise outweighs what devices cost.
+const MEMORY_SAMPLE_CONNECTIONS_MIN: i64 = 100;
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Resident memory of process `pid` ("self" for this one), from /proc/PID/status VmRSS.
+pub fn rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_with(sent: u64, lost: u64, latencies: &[u64]) -> Report {
+        let mut histogram = latency_histogram();
+        for &us in latencies {
+            record_latency(&mut histogram, us);
+        }
+        let mut report = Report {
+            scenario: "test".into(),
+            procs: 1,
+            elapsed_secs: 10.0,
+            messages: MessageFigures {
+                sent,
+                acknowledged: sent,
+                ..Default::default()
+            },
+            kafka: Some(KafkaFigures {
+                received: sent - lost,
+                lost,
+                foreign: 5,
+                ..Default::default()
+            }),
+            memory: MemoryFigures {
+                loadgen_rss_base_bytes: 10_000_000,
+                loadgen_rss_connected_bytes: 10_000_000 + 700 * 1000,
+                connected_at_sample: 1000,
+                ..Default::default()
+            },
+            histograms: Histograms {
+                puback: dump(&histogram),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        report.memory.compute();
+        report.summarize_latencies();
+        report
+    }
+
+    #[test]
+    fn merging_adds_counts_and_histograms() {
+        let mut merged = report_with(100, 0, &[1_000; 99]);
+        let second = report_with(50, 2, &[100_000]);
+        assert!(merged.passed());
+        assert!(!second.passed());
+        merged.merge(&second);
+        assert_eq!(merged.procs, 2);
+        assert_eq!(merged.messages.sent, 150);
+        let kafka = merged.kafka.as_ref().unwrap();
+        assert_eq!((kafka.received, kafka.lost, kafka.foreign), (148, 2, 5));
+        assert!(!merged.passed());
+        assert_eq!(merged.latency.puback.count, 100);
+        assert!((999..=1001).contains(&merged.latency.puback.p50_us));
+        assert!((99_900..=100_100).contains(&merged.latency.puback.max_us));
+        assert_eq!(merged.memory.loadgen_bytes_per_device, 700);
+    }
+
+    #[test]
+    fn json_round_trip_keeps_what_merging_needs() {
+        let report = report_with(10, 0, &[5, 50, 500]);
+        let text = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+        assert!(report.table().contains("PASS"));
+    }
+
+    #[test]
+    fn progress_line_rates() {
+        let before = Totals {
+            connects: 100,
+            publishes: 1_000,
+            ..Default::default()
+        };
+        let now = Totals {
+            connected: 300,
+            connects: 300,
+            publishes: 3_000,
+            acks: 2_000,
+            ..Default::default()
+        };
+        let line = now.progress_line(&before, 7, 1.0);
+        assert!(line.contains("connected     300"), "{line}");
+        assert!(line.contains("connects/s    200"), "{line}");
+        assert!(line.contains("publishes/s    2000"), "{line}");
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(rss_bytes("self").unwrap() > 0);
+    }
+}

@@ -1,0 +1,240 @@
+//! The loadgen end to end: the real `ferrymq` broker (two shards) with a Kafka mapping
+//! (`ack = "kafka"`) on the real Kafka at `$FERRYMQ_KAFKA_BOOTSTRAP` (default
+//! 127.0.0.1:9092, started by `scripts/kafka start`), and `ferrymq-loadgen` playing 200
+//! devices that publish QoS 1 and then read the topic back. The report's JSON must show
+//! every message acknowledged and none lost.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn bootstrap() -> String {
+    std::env::var("FERRYMQ_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// `prefix-PID-NANOS`: a Kafka topic, MQTT topic level and client id prefix no other run
+/// uses.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn loadgen() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferrymq-loadgen"))
+}
+
+/// The broker binary beside the loadgen, built (same profile) if it is not there yet:
+/// it belongs to the workspace's other package.
+fn broker_binary() -> PathBuf {
+    let dir = loadgen().parent().unwrap();
+    let profile_release = dir.ends_with("release");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", "ferrymq", "--bin", "ferrymq"]);
+    if profile_release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for ferrymq");
+    assert!(status.success(), "building ferrymq failed");
+    dir.join("ferrymq")
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start(mqtt_filter: &str, kafka_topic: &str) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("loadgen-e2e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("ferrymq.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka.clusters.main]
+bootstrap = "{}"
+
+[[kafka.mapping]]
+mqtt = "{mqtt_filter}"
+topic = "{kafka_topic}"
+key = "{{client_id}}"
+ack = "kafka"
+"#,
+                bootstrap()
+            ),
+        )
+        .unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut child = Command::new(broker_binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cores")
+            .arg(if cpus >= 2 { "0,1" } else { "0" })
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferrymq");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(
+            first.contains("listening"),
+            "ferrymq did not start: {first:?}"
+        );
+        std::thread::spawn(move || for _ in lines {});
+        // Both shards bind the port; give the second a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        Broker { child, port, dir }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the loadgen with `args` plus the broker, Kafka and JSON flags; returns its exit
+/// code and the report.
+fn run_loadgen(
+    broker: &Broker,
+    topic_template: &str,
+    kafka_topic: &str,
+    args: &[&str],
+) -> (i32, serde_json::Value) {
+    let json = broker.dir.join("report.json");
+    let started = Instant::now();
+    let output = Command::new(loadgen())
+        .args(["-p", &broker.port.to_string(), "-t", topic_template])
+        .args(["--verify-kafka", &bootstrap(), "--kafka-topic", kafka_topic])
+        .args(["--kafka-create-topics", "2", "--verify-timeout-secs", "60"])
+        .arg("--json")
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run ferrymq-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(150),
+        "the run took {:?}",
+        started.elapsed()
+    );
+    let report = std::fs::read_to_string(&json).expect("the loadgen wrote --json");
+    (
+        output.status.code().unwrap_or(-1),
+        serde_json::from_str(&report).expect("JSON report"),
+    )
+}
+
+fn figure(report: &serde_json::Value, path: &str) -> u64 {
+    let mut value = report;
+    for key in path.split('.') {
+        value = &value[key];
+    }
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
+}
+
+/// 200 devices, 10 QoS 1 messages each, through `ack = "kafka"`: all 2,000 acknowledged,
+/// all 2,000 in Kafka exactly once and in order.
+#[test]
+fn two_hundred_devices_lose_nothing_on_the_way_to_kafka() {
+    let name = unique("lge2e");
+    let broker = Broker::start(&format!("{name}/#"), &name);
+    let (code, report) = run_loadgen(
+        &broker,
+        &format!("{name}/%i/telemetry"),
+        &name,
+        &[
+            "-c",
+            "200",
+            "-i",
+            "1000",
+            "-I",
+            "100",
+            "--messages",
+            "10",
+            "-q",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(figure(&report, "messages.sent"), 2_000);
+    assert_eq!(
+        figure(&report, "messages.acknowledged"),
+        figure(&report, "messages.sent")
+    );
+    assert_eq!(figure(&report, "kafka.lost"), 0);
+    assert_eq!(figure(&report, "kafka.received"), 2_000);
+    assert_eq!(figure(&report, "kafka.duplicated"), 0);
+    assert_eq!(figure(&report, "kafka.out_of_order"), 0);
+    assert_eq!(report["kafka"]["timed_out"], false);
+    assert_eq!(figure(&report, "devices.distinct_ids"), 200);
+    assert_eq!(figure(&report, "latency.puback.count"), 2_000);
+    assert!(figure(&report, "latency.kafka.count") >= 2_000);
+}
+
+/// Two processes (merged report), a QoS 1/2 mix, a subscriber per process and churn: 300
+/// distinct ids through 40 slots, each connecting, publishing 3 messages and leaving.
+#[test]
+fn churn_over_two_processes_with_subscribers_and_qos2() {
+    let name = unique("lge2e-churn");
+    let broker = Broker::start(&format!("{name}/#"), &name);
+    let (code, report) = run_loadgen(
+        &broker,
+        &format!("{name}/%i"),
+        &name,
+        &[
+            "-c",
+            "40",
+            "-i",
+            "500",
+            "--churn-total",
+            "300",
+            "--messages",
+            "3",
+            "-I",
+            "10",
+            "--qos-mix",
+            "1:50,2:50",
+            "--subscribers",
+            "1",
+            "--procs",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(figure(&report, "procs"), 2);
+    assert_eq!(figure(&report, "devices.distinct_ids"), 300);
+    assert_eq!(figure(&report, "messages.sent"), 900);
+    assert_eq!(figure(&report, "messages.acknowledged"), 900);
+    assert_eq!(figure(&report, "kafka.lost"), 0);
+    assert_eq!(figure(&report, "kafka.received"), 900);
+    assert_eq!(figure(&report, "subscriptions.subscribers"), 2);
+    assert_eq!(figure(&report, "subscriptions.expected"), 900);
+    assert_eq!(figure(&report, "subscriptions.lost"), 0);
+}
