@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::AsyncWriteExt;
 
 use crate::protocol::{
     ConnAck, Connect, DecodeError, Decoder, Encode, Packet, Protocol, ReasonCode,
     PACKET_SIZE_BYTES_MAX,
 };
-use crate::runtime::{self, TcpListener, TcpStream};
+use crate::runtime::{self, SharedStream, TcpListener, TcpStream};
 
 use super::connection::{write_loop, Connection};
 use super::link::{read_more, Link, READ_CHUNK_BYTES};
@@ -68,7 +67,7 @@ enum ConnectFailure {
 }
 
 async fn read_connect(
-    stream: &mut TcpStream,
+    stream: &SharedStream,
     decoder: &mut Decoder,
     buf: &mut BytesMut,
 ) -> Result<Box<Connect>, ConnectFailure> {
@@ -89,7 +88,7 @@ async fn read_connect(
 
 /// Sends a refusing CONNACK and closes. 3.1.1 only has return codes for some cases; for
 /// the others the connection is just closed [MQTT-3.2.2-?], [MQTT-4.8.0-1].
-async fn refuse(mut stream: TcpStream, protocol: Protocol, reason: ReasonCode) {
+async fn refuse(stream: SharedStream, protocol: Protocol, reason: ReasonCode) {
     let v3_has_code = matches!(
         reason,
         ReasonCode::UnsupportedProtocolVersion
@@ -101,17 +100,18 @@ async fn refuse(mut stream: TcpStream, protocol: Protocol, reason: ReasonCode) {
     if protocol.is_v5() || v3_has_code {
         let mut buf = BytesMut::new();
         ConnAck::new(false, reason).encode(protocol, &mut buf);
-        let _ = stream.write_all(&buf).await;
+        let _ = runtime::write_all_shared(&stream, &buf).await;
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+    runtime::shutdown_shared(&stream);
 }
 
-async fn handle_accepted(shard: ShardRef, mut stream: TcpStream) {
+async fn handle_accepted(shard: ShardRef, stream: TcpStream) {
+    let stream = runtime::share(stream);
     let config = shard.config.clone();
     let mut decoder = Decoder::server(config.packet_size_bytes_max);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let deadline = Duration::from_millis(config.connect_timeout_ms);
-    let read = runtime::timeout(deadline, read_connect(&mut stream, &mut decoder, &mut buf)).await;
+    let read = runtime::timeout(deadline, read_connect(&stream, &mut decoder, &mut buf)).await;
     let mut connect = match read {
         // No CONNECT in time, or the peer left: close without a word.
         None | Some(Err(ConnectFailure::Closed)) => {
@@ -157,6 +157,9 @@ async fn handle_accepted(shard: ShardRef, mut stream: TcpStream) {
         return;
     }
     ShardStats::incr(&shard.stats.connections_handed_off);
+    let Ok(stream) = std::rc::Rc::try_unwrap(stream).map(std::cell::RefCell::into_inner) else {
+        unreachable!("only this task holds the socket before the hand-off");
+    };
     match runtime::detach_stream(stream) {
         Ok(fd) => {
             let handoff = ShardMessage::Handoff {
@@ -176,20 +179,12 @@ async fn handle_accepted(shard: ShardRef, mut stream: TcpStream) {
 /// Serves a client whose session this shard owns, from its CONNECT to the end.
 pub async fn serve(
     shard: ShardRef,
-    stream: TcpStream,
+    stream: SharedStream,
     mut connect: Box<Connect>,
     mut buf: BytesMut,
     assigned_client_id: bool,
 ) {
     let protocol = connect.protocol;
-    let mut stream = stream;
-    let writer = match runtime::clone_stream(&stream) {
-        Ok(writer) => writer,
-        Err(_) => {
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-    };
     let client_packet_size_max = connect
         .properties
         .maximum_packet_size_bytes
@@ -213,7 +208,11 @@ pub async fn serve(
         now,
     );
     connection.send(Packet::ConnAck(Box::new(opened.connack)));
-    runtime::spawn(write_loop(connection.clone(), writer, shard.stats.clone()));
+    runtime::spawn(write_loop(
+        connection.clone(),
+        stream.clone(),
+        shard.stats.clone(),
+    ));
     shard.state.borrow_mut().resume_session(&client_id, now);
     if let Some(will) = opened.will_to_publish {
         router::publish(&shard, will).await;
@@ -224,6 +223,6 @@ pub async fn serve(
     link.username = username;
     link.connect_session_expiry_zero =
         connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
-    let exit = link.run(&mut stream, &mut decoder, &mut buf).await;
+    let exit = link.run(&stream, &mut decoder, &mut buf).await;
     link.finish(exit).await;
 }

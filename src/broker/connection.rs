@@ -7,12 +7,11 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use futures_lite::AsyncWriteExt;
 
 use std::collections::HashMap;
 
 use crate::protocol::{Disconnect, MqttStr, Packet, Protocol, Publish, ReasonCode};
-use crate::runtime::{Signal, TcpStream};
+use crate::runtime::{self, SharedStream, Signal};
 
 use super::stats::ShardStats;
 
@@ -94,7 +93,7 @@ impl Connection {
 
 /// Drains the connection's queue into the socket, many packets per write, until the
 /// connection closes.
-pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats: Rc<ShardStats>) {
+pub async fn write_loop(connection: Rc<Connection>, stream: SharedStream, stats: Rc<ShardStats>) {
     let mut batch = VecDeque::new();
     let mut aliases = OutboundAliases::default();
     // Grows with what is written: an idle connection keeps no big buffer.
@@ -122,7 +121,7 @@ pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats
                 }
                 packet.encode(connection.protocol, &mut buf);
                 if buf.len() >= WRITE_BATCH_BYTES_MAX {
-                    if stream.write_all(&buf).await.is_err() {
+                    if runtime::write_all_shared(&stream, &buf).await.is_err() {
                         break 'outer;
                     }
                     stats
@@ -132,7 +131,7 @@ pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats
                 }
             }
             if !buf.is_empty() {
-                if stream.write_all(&buf).await.is_err() {
+                if runtime::write_all_shared(&stream, &buf).await.is_err() {
                     break 'outer;
                 }
                 stats
@@ -148,7 +147,7 @@ pub async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream, stats
     connection.closing.set(true);
     connection.wake.close();
     // Ends the reader's pending read too: both handles share this socket.
-    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+    runtime::shutdown_shared(&stream);
 }
 
 /// Topic aliases this server set on one connection: a topic sent once with an alias goes

@@ -10,12 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::AsyncReadExt;
 
 use crate::protocol::{
     Decoder, Disconnect, MqttStr, Packet, Protocol, PubComp, PubRel, ReasonCode,
 };
-use crate::runtime::{self, TcpStream};
+use crate::runtime::{self, SharedStream};
 
 use super::connection::Connection;
 use super::router;
@@ -29,10 +28,10 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 const PACKETS_PER_TURN_MAX: usize = 256;
 
 /// Reads what the socket has into `buf` (after what it holds). `Ok(0)` at end of stream.
-pub async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+pub async fn read_more(stream: &SharedStream, buf: &mut BytesMut) -> io::Result<usize> {
     let filled = buf.len();
     buf.resize(filled + READ_CHUNK_BYTES, 0);
-    let result = stream.read(&mut buf[filled..]).await;
+    let result = runtime::read_shared(stream, &mut buf[filled..]).await;
     let read = *result.as_ref().unwrap_or(&0);
     buf.truncate(filled + read);
     result
@@ -91,7 +90,7 @@ impl Link {
     /// Reads and handles packets until the connection ends.
     pub async fn run(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &SharedStream,
         decoder: &mut Decoder,
         buf: &mut BytesMut,
     ) -> Exit {

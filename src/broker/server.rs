@@ -370,7 +370,7 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
             buffered,
             assigned_client_id,
         } => {
-            let stream = runtime::adopt_stream(fd);
+            let stream = runtime::share(runtime::adopt_stream(fd));
             runtime::spawn(serve(
                 shard.clone(),
                 stream,

@@ -171,15 +171,47 @@ pub fn adopt_stream(fd: OwnedFd) -> TcpStream {
     unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
 }
 
-/// A second handle on the same socket, so that one task reads while another writes.
-pub fn clone_stream(stream: &TcpStream) -> io::Result<TcpStream> {
-    // SAFETY: as in detach_stream.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// One socket used by two tasks of a shard: one reads while the other writes. glommio
+/// keeps separate read and write wake-ups per stream, and each poll borrows the stream
+/// only for the poll itself, so the two never hold it across an await. One descriptor per
+/// connection: the open-files limit is the connection limit.
+pub type SharedStream = std::rc::Rc<std::cell::RefCell<TcpStream>>;
+
+pub fn share(stream: TcpStream) -> SharedStream {
+    std::rc::Rc::new(std::cell::RefCell::new(stream))
+}
+
+/// Reads into `buf`; `Ok(0)` at end of stream.
+pub async fn read_shared(stream: &SharedStream, buf: &mut [u8]) -> io::Result<usize> {
+    use futures_lite::AsyncRead;
+    futures_lite::future::poll_fn(|cx| {
+        std::pin::Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)
+    })
+    .await
+}
+
+/// Writes all of `bytes`.
+pub async fn write_all_shared(stream: &SharedStream, mut bytes: &[u8]) -> io::Result<()> {
+    use futures_lite::AsyncWrite;
+    while !bytes.is_empty() {
+        let written = futures_lite::future::poll_fn(|cx| {
+            std::pin::Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[written..];
     }
-    // SAFETY: fd is a fresh descriptor for a connected TCP socket.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+    Ok(())
+}
+
+/// Shuts both directions down at once: the other task's pending read or write ends.
+pub fn shutdown_shared(stream: &SharedStream) {
+    // SAFETY: shutdown on a descriptor the stream owns; it stays open until dropped.
+    unsafe {
+        libc::shutdown(stream.borrow().as_raw_fd(), libc::SHUT_RDWR);
+    }
 }
 
 /// A wake-up for one waiting task on this shard: `notify` any number of times, `wait`
