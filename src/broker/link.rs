@@ -27,8 +27,25 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// publisher cannot hold the core (STYLE: bounded work per loop turn).
 const PACKETS_PER_TURN_MAX: usize = 256;
 
+/// Bytes read while a connection has nothing buffered: an idle connection waits with this
+/// much on its stack instead of holding a full read chunk (most devices are idle most of
+/// the time, and the chunk was most of a connection's memory).
+const IDLE_READ_BYTES: usize = 512;
+
 /// Reads what the socket has into `buf` (after what it holds). `Ok(0)` at end of stream.
 pub async fn read_more(stream: &SharedStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() {
+        // Let go of the last chunk (packets decoded from it keep it alive as long as they
+        // need it), then wait with a small buffer.
+        if buf.capacity() > IDLE_READ_BYTES {
+            *buf = BytesMut::new();
+        }
+        let mut first = [0u8; IDLE_READ_BYTES];
+        let read = runtime::read_shared(stream, &mut first).await?;
+        buf.extend_from_slice(&first[..read]);
+        return Ok(read);
+    }
+    // Inside a packet or a burst: read a whole chunk after what is buffered.
     let filled = buf.len();
     buf.resize(filled + READ_CHUNK_BYTES, 0);
     let result = runtime::read_shared(stream, &mut buf[filled..]).await;
