@@ -167,6 +167,10 @@ async fn metrics_loop(shard: ShardRef) {
                 write_errors: shard.spool_stats.write_errors.get(),
             }
         });
+        let (queued, inflight, writing) = shard.state.borrow().queue_totals();
+        shard.stats.session_queued_messages.set(queued);
+        shard.stats.inflight_messages.set(inflight);
+        shard.stats.connection_queued_packets.set(writing);
         let snapshot = ShardSnapshot {
             spool,
             stats: shard.stats.snapshot(),

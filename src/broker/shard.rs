@@ -701,6 +701,20 @@ impl Shard {
             .and_then(|s| s.connection.clone())
     }
 
+    /// Sizes of the bounded queues of this shard's sessions and connections, for the
+    /// gauges: (session queues, in flight, connection write queues).
+    pub fn queue_totals(&self) -> (u64, u64, u64) {
+        let mut totals = (0, 0, 0);
+        for session in self.sessions.values() {
+            totals.0 += session.pending.len() as u64;
+            totals.1 += session.outbound.len() as u64;
+            if let Some(connection) = &session.connection {
+                totals.2 += connection.queued_len() as u64;
+            }
+        }
+        totals
+    }
+
     /// Every connection of this shard, for shutdown.
     pub fn connections(&self) -> Vec<Rc<Connection>> {
         self.sessions

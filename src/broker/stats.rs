@@ -59,6 +59,12 @@ counters! {
     dropped_expired,
     retained_messages,
     subscriptions,
+    /// QoS 1/2 messages waiting in session queues (gauge, sampled once a second).
+    session_queued_messages,
+    /// QoS 1/2 messages sent and not yet acknowledged by clients (gauge).
+    inflight_messages,
+    /// Packets queued for connections' writers (gauge).
+    connection_queued_packets,
 }
 
 impl ShardStats {
