@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{id_on, shard_count, shard_of, Broker};
 
 /// How long any one client may take to do its part.
 const STEP: Duration = Duration::from_secs(5);
@@ -47,32 +47,6 @@ impl V {
 
 /// Shards the harness starts: two where this process may use two CPUs (see
 /// `common::cores_arg`).
-fn shard_count() -> usize {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        2
-    } else {
-        1
-    }
-}
-
-/// `shard_for` of src/broker/shard.rs: FNV-1a of the client id, mod the shard count.
-fn shard_of(client_id: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in client_id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shard_count() as u64) as usize
-}
-
-/// A client id starting with `prefix` that shard `shard` owns.
-fn id_on(shard: usize, prefix: &str) -> String {
-    let shard = shard % shard_count();
-    (0..)
-        .map(|n| format!("{prefix}-{n}"))
-        .find(|id| shard_of(id) == shard)
-        .unwrap()
-}
 
 #[test]
 fn id_on_picks_the_wanted_shard() {

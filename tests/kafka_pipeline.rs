@@ -30,7 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, ExtraKafka, Record};
-use common::Broker;
+use common::{id_on, Broker};
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
 
 /// Longest any one client step may take.
@@ -40,34 +40,6 @@ const READ: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// Shards the harness starts (see `common::cores_arg`).
-fn shard_count() -> usize {
-    if thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        2
-    } else {
-        1
-    }
-}
-
-/// `shard_for` of src/broker/shard.rs: FNV-1a of the client id, mod the shard count.
-fn shard_of(client_id: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in client_id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shard_count() as u64) as usize
-}
-
-/// A client id starting with `prefix` that shard `shard` owns.
-fn id_on(shard: usize, prefix: &str) -> String {
-    let shard = shard % shard_count();
-    (0..)
-        .map(|n| format!("{prefix}-{n}"))
-        .find(|id| shard_of(id) == shard)
-        .unwrap()
-}
 
 /// The broker with `config` as its file (the harness adds `--listen` and `--cores`).
 fn start_broker(config: &str) -> (Broker, kafka::ConfigFile) {

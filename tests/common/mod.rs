@@ -28,10 +28,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `--cores` for two shards where this process may use two CPUs, else the one it has.
+/// Shards of a test broker: two where this process may use two CPUs, else one.
+pub fn shard_count() -> usize {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The shard of a test broker that owns `client_id`.
+pub fn shard_of(client_id: &str) -> usize {
+    ferrymq::broker::shard::shard_for(client_id.as_bytes(), shard_count())
+}
+
+/// A client id starting with `prefix` that shard `shard` owns.
+pub fn id_on(shard: usize, prefix: &str) -> String {
+    let shard = shard % shard_count();
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| shard_of(id) == shard)
+        .unwrap()
+}
+
+/// `--cores` for [`shard_count`] shards.
 fn cores_arg() -> String {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus >= 2 {
+    if shard_count() == 2 {
         "0,1".into()
     } else {
         "0".into()
