@@ -12,7 +12,7 @@ use ferrymq::protocol::{
     Subscribe, Subscription, SubscriptionOptions,
 };
 
-use crate::report::{record_latency, Latency, ShardCounters};
+use crate::report::{latency_histogram, record_latency, Latency, ShardCounters};
 use crate::scenario::{PayloadHeader, Scenario};
 use crate::verify::SeqSet;
 
@@ -95,19 +95,53 @@ impl Failure {
     }
 }
 
-/// What the devices of one shard observed: latencies, and what each subscribing device
-/// received from each publishing device.
+/// What the devices of one shard observed: latencies, the span of the connect phase, and
+/// what each subscribing device received from each publishing device.
 pub struct Observed {
     pub puback: Latency,
     pub subscriber: Latency,
+    /// Start of the TCP connect → CONNACK, per connection established.
+    pub connect: Latency,
+    /// The first connect attempt (µs since the epoch; u64::MAX: none yet).
+    pub first_connect_us: u64,
+    /// The last CONNACK accepted (µs since the epoch; 0: none yet).
+    pub last_connack_us: u64,
     /// Per subscriber slot of this shard: publisher device → sequence numbers received.
+    /// With `--one-to-one` only the paired publisher has an entry.
     pub sub_seen: Vec<HashMap<u64, SeqSet>>,
     /// Messages subscribers got from devices outside this process's id range.
     pub sub_foreign: u64,
+    /// `--one-to-one`: messages a subscriber got that were not its own publisher's.
+    pub sub_misrouted: u64,
     pub failures: [u64; Failure::ALL.len()],
 }
 
 impl Observed {
+    pub fn new(subscriber_slots: usize) -> Observed {
+        Observed {
+            puback: latency_histogram(),
+            subscriber: latency_histogram(),
+            connect: latency_histogram(),
+            first_connect_us: u64::MAX,
+            last_connack_us: 0,
+            sub_seen: vec![HashMap::new(); subscriber_slots],
+            sub_foreign: 0,
+            sub_misrouted: 0,
+            failures: [0; Failure::ALL.len()],
+        }
+    }
+
+    /// A connect attempt starts at `now_us`.
+    pub fn connect_started(&mut self, now_us: u64) {
+        self.first_connect_us = self.first_connect_us.min(now_us);
+    }
+
+    /// A connection attempt started at `started_us` got its CONNACK at `now_us`.
+    pub fn connected(&mut self, started_us: u64, now_us: u64) {
+        record_latency(&mut self.connect, now_us.saturating_sub(started_us));
+        self.last_connack_us = self.last_connack_us.max(now_us);
+    }
+
     pub fn count(&mut self, failure: Failure) {
         self.failures[failure as usize] += 1;
     }
@@ -327,7 +361,7 @@ impl Device {
                         Subscribe::new(
                             1,
                             vec![Subscription {
-                                filter: scenario.sub_topic.clone().into(),
+                                filter: scenario.subscriber_filter(self.number).into(),
                                 options,
                             }],
                         )
@@ -374,8 +408,12 @@ impl Device {
                     }
                 }
                 ShardCounters::add(&counters.sub_received, 1);
+                let paired = scenario.paired_publisher(self.number);
                 match PayloadHeader::decode(&publish.payload) {
-                    Some(header) if scenario.owns_device(header.device) => {
+                    Some(header)
+                        if scenario.owns_device(header.device)
+                            && paired.is_none_or(|p| p == header.device) =>
+                    {
                         let seen = observed.sub_seen[slot as usize]
                             .entry(header.device)
                             .or_default();
@@ -386,6 +424,8 @@ impl Device {
                             );
                         }
                     }
+                    // One-to-one: nothing but the paired publisher's messages may come.
+                    _ if paired.is_some() => observed.sub_misrouted += 1,
                     _ => observed.sub_foreign += 1,
                 }
                 Ok(Event::None)
@@ -439,6 +479,7 @@ pub(crate) mod tests {
             cores: vec![0],
             devices: 1,
             subscribers: 0,
+            one_to_one: false,
             connect_rate: 100,
             connect_timeout: Duration::from_secs(5),
             publish_interval: Duration::from_millis(100),
@@ -469,13 +510,7 @@ pub(crate) mod tests {
     }
 
     fn observed() -> Observed {
-        Observed {
-            puback: crate::report::latency_histogram(),
-            subscriber: crate::report::latency_histogram(),
-            sub_seen: vec![HashMap::new()],
-            sub_foreign: 0,
-            failures: [0; Failure::ALL.len()],
-        }
+        Observed::new(1)
     }
 
     /// What the broker would decode from `tx`.
@@ -589,5 +624,73 @@ pub(crate) mod tests {
         assert_eq!(seen.subscriber.len(), 2);
         let packets = sent(&mut tx);
         assert!(matches!(packets[1], Packet::Subscribe(_)), "{packets:?}");
+    }
+
+    #[test]
+    fn one_to_one_subscriber_takes_only_its_publishers_topic_and_messages() {
+        let mut sc = scenario();
+        sc.devices = 2;
+        sc.subscribers = 2;
+        sc.one_to_one = true;
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        // Subscriber 1 is paired with publisher id_start + 1 = 11.
+        let mut device = Device::subscriber(1, 0);
+        let mut tx = BytesMut::new();
+        device.connect(&sc, 0, &mut tx);
+        let connack = Packet::ConnAck(Box::new(ConnAck::new(false, ReasonCode::Success)));
+        device
+            .handle(connack, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        let packets = sent(&mut tx);
+        let Packet::Subscribe(subscribe) = &packets[1] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(subscribe.filters.len(), 1);
+        assert_eq!(&*subscribe.filters[0].filter, "d/11/t");
+        let suback = Packet::SubAck(SubAck::new(1, vec![ReasonCode::GrantedQos1]));
+        device
+            .handle(suback, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        // Its own publisher twice (one duplicate), the other publisher of the process and
+        // a device outside the process: both misrouted.
+        for device_number in [11, 11, 10, 99] {
+            let header = PayloadHeader {
+                device: device_number,
+                seq: 0,
+                sent_us: 100,
+            };
+            let publish = Publish::new("d/11/t", QoS::AtMostOnce, sc.payload(header));
+            device
+                .handle(
+                    Packet::Publish(publish),
+                    &sc,
+                    600,
+                    &mut tx,
+                    &mut seen,
+                    &counters,
+                )
+                .unwrap();
+        }
+        assert_eq!(seen.sub_seen[0].len(), 1);
+        let set = &seen.sub_seen[0][&11];
+        assert_eq!((set.received, set.duplicated), (1, 1));
+        assert_eq!((seen.sub_misrouted, seen.sub_foreign), (2, 0));
+        assert_eq!(seen.subscriber.len(), 1);
+    }
+
+    #[test]
+    fn connect_latency_and_phase() {
+        let mut seen = observed();
+        seen.connect_started(5_000);
+        seen.connect_started(1_000);
+        seen.connected(1_000, 3_500);
+        seen.connected(5_000, 5_200);
+        assert_eq!(seen.connect.len(), 2);
+        assert!((2_490..=2_510).contains(&seen.connect.max()));
+        assert_eq!(
+            (seen.first_connect_us, seen.last_connack_us),
+            (1_000, 5_200)
+        );
     }
 }

@@ -6,14 +6,14 @@
 //! shard's epoll set (see `net.rs` for why epoll) until a socket is ready or the next timer
 //! is due, and let each ready device read, act and send. The read, decode and write
 //! buffers belong to the shard and serve one device at a time, so a device keeps only its
-//! state: about 150 bytes, plus a few while it has messages in flight.
+//! state: its slot of about 190 bytes, plus a few while it has messages in flight.
 //!
 //! Shards share nothing but the [`Control`]: flags set by the main thread (go, stop), the
 //! counts that let subscribers and publishers wait for each other, and each shard's own
 //! counters.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use ferrymq::runtime;
 
 use crate::device::{Device, Event, Failure, Observed, Phase};
 use crate::net::{self, Epoll, Transfer, CLOSED, READABLE, WRITABLE};
-use crate::report::{latency_histogram, ShardCounters};
+use crate::report::ShardCounters;
 use crate::scenario::{mix64, now_us, Scenario};
 use crate::verify::DeviceRecord;
 
@@ -42,8 +42,17 @@ const WAIT_MS_MAX: u64 = 100;
 const DISCONNECT_WAIT_US: u64 = 2_000_000;
 /// Subscribers stay this long after the last publisher is done, for the last copies.
 const SUBSCRIBER_LINGER_US: u64 = 2_000_000;
-/// How long publishers wait for all subscribers to be subscribed before they start.
+/// How long publishers wait for all subscribers to be subscribed before they start, on
+/// top of twice the time the subscribers' connections take at the connect rate (many
+/// with `--one-to-one`).
 const SUBSCRIBERS_READY_WAIT_US: u64 = 60_000_000;
+/// How far the connect pacer may fall behind its schedule and still catch up. A loop turn
+/// lasts a millisecond or more (epoll waits in whole milliseconds), so above a connection
+/// per turn the pacer must start several per turn to keep the rate; after an idle spell it
+/// starts from now rather than burst.
+const CONNECT_CATCH_UP_US: u64 = 5_000;
+/// Connections started in one loop turn at most: the bound on connect work per turn.
+const CONNECTS_PER_TURN_MAX: usize = 256;
 /// Connection attempts of one device before it gives up, and the pause between them.
 const CONNECT_ATTEMPTS_MAX: u8 = 10;
 const RECONNECT_PAUSE_US: u64 = 1_000_000;
@@ -135,6 +144,10 @@ struct Slot {
     attempts: u8,
     /// Counted in the connected gauge.
     connected: bool,
+    /// A subscriber's SUBACK was counted in `subscribers_ready` (once, not per reconnect).
+    subscribed: bool,
+    /// When the current connection attempt started its TCP connect (µs since the epoch).
+    connect_started_us: u64,
     /// Connect, CONNACK, SUBACK, disconnect or back-off deadline of the current step.
     deadline_us: u64,
     /// The wake-up this slot has in the timer heap (u64::MAX: none).
@@ -150,11 +163,18 @@ impl Slot {
             generation: 0,
             attempts: 0,
             connected: false,
+            subscribed: false,
+            connect_started_us: 0,
             deadline_us: 0,
             timer_us: u64::MAX,
         }
     }
 }
+
+/// What the driver keeps per device, heap aside: the loadgen's promise is under 1 KiB per
+/// connected device in all.
+const SLOT_BYTES_MAX: usize = 256;
+const _: () = assert!(std::mem::size_of::<Slot>() <= SLOT_BYTES_MAX);
 
 fn token(slot: usize, generation: u32) -> u64 {
     (u64::from(generation) << 32) | slot as u64
@@ -185,6 +205,8 @@ struct Driver {
     churn_next: u64,
     slots_alive: usize,
     publishers_released: bool,
+    /// How long publishers wait for the subscribers at most.
+    subscribers_wait_us: u64,
     started_us: u64,
     stop_seen: bool,
     subscribers_leaving: bool,
@@ -220,17 +242,14 @@ impl Driver {
             rx: vec![0; READ_CHUNK_BYTES],
             decode: BytesMut::with_capacity(READ_CHUNK_BYTES * 2),
             tx: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            observed: Observed {
-                puback: latency_histogram(),
-                subscriber: latency_histogram(),
-                sub_seen: vec![HashMap::new(); subscriber_slots],
-                sub_foreign: 0,
-                failures: [0; Failure::ALL.len()],
-            },
+            observed: Observed::new(subscriber_slots),
             records: Vec::new(),
             churn_next: index as u64,
             slots_alive: 0,
             publishers_released: false,
+            subscribers_wait_us: SUBSCRIBERS_READY_WAIT_US
+                + u64::from(scenario.subscribers) * 2_000_000
+                    / u64::from(scenario.connect_rate.max(1)),
             started_us: 0,
             stop_seen: false,
             subscribers_leaving: false,
@@ -308,7 +327,7 @@ impl Driver {
             let subscribers_ready = control.subscribers_ready.load(Ordering::Acquire)
                 >= self.scenario.subscribers as usize;
             if subscribers_ready
-                || now >= self.started_us + SUBSCRIBERS_READY_WAIT_US
+                || now >= self.started_us + self.subscribers_wait_us
                 || control.stopping()
             {
                 self.release_publishers();
@@ -386,23 +405,29 @@ impl Driver {
 
     /// Starts the connections the pacer allows now.
     fn start_connections(&mut self, now: u64) {
+        let catch_up_us = CONNECT_CATCH_UP_US.max(self.connect_interval_us);
+        let mut started = 0;
         while let Some(&slot) = self.connect_queue.front() {
-            if self.next_connect_us > now {
+            if self.next_connect_us > now || started == CONNECTS_PER_TURN_MAX {
                 break;
             }
             self.connect_queue.pop_front();
             // Keep the rate; after an idle spell start from now rather than burst.
-            self.next_connect_us = self
-                .next_connect_us
-                .max(now.saturating_sub(self.connect_interval_us))
+            self.next_connect_us = self.next_connect_us.max(now.saturating_sub(catch_up_us))
                 + self.connect_interval_us;
             self.open(slot, now);
+            started += 1;
         }
     }
 
     fn open(&mut self, slot: usize, now: u64) {
         let (source, target) = self.scenario.route(self.slots[slot].device.number);
+        // The clock read afresh: connections started earlier in this turn are not part
+        // of this one's connect latency.
+        let started = now_us();
+        self.observed.connect_started(started);
         self.slots[slot].attempts += 1;
+        self.slots[slot].connect_started_us = started;
         let (socket, connected_now) = match net::connect(target, source) {
             Ok(started) => started,
             Err(_) => return self.close(slot, Err(Failure::ConnectRefused), now),
@@ -541,7 +566,8 @@ impl Driver {
     fn receive(&mut self, slot: usize, n: usize, now: u64) -> Result<(), Failure> {
         let scenario = &*self.scenario;
         let counters = &self.control.counters[self.index];
-        let device = &mut self.slots[slot].device;
+        let s = &mut self.slots[slot];
+        let device = &mut s.device;
         let buf = &mut self.decode;
         buf.clear();
         if !device.leftover.is_empty() {
@@ -567,9 +593,12 @@ impl Driver {
             )? {
                 Event::Connected => connected = true,
                 Event::Subscribed => {
-                    self.control
-                        .subscribers_ready
-                        .fetch_add(1, Ordering::AcqRel);
+                    if !s.subscribed {
+                        s.subscribed = true;
+                        self.control
+                            .subscribers_ready
+                            .fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 Event::None => {}
             }
@@ -580,8 +609,8 @@ impl Driver {
         }
         if connected {
             device.next_publish_us = first_publish_us(scenario, device.number, now);
-            let s = &mut self.slots[slot];
             s.connected = true;
+            self.observed.connected(s.connect_started_us, now);
             let counters = self.counters();
             counters.connected.fetch_add(1, Ordering::Relaxed);
             ShardCounters::add(&counters.connects, 1);

@@ -9,6 +9,16 @@
 //! - [`verify`]: the Kafka consumer and the subscription check;
 //! - [`report`]: counters, progress line, latency histograms, the report and its JSON;
 //! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged.
+//!
+//! Traffic shapes: publishers only (fan-in to Kafka), `--subscribers N` (fan-out: each
+//! subscriber gets every message of the process's publishers) and `--one-to-one` (each
+//! publisher has its own subscriber on its own topic, so every message goes to exactly one
+//! subscriber). Subscribers connect and subscribe before any publisher connects.
+//!
+//! Besides messages, the report measures connections: TCP connect → CONNACK latency per
+//! connection (`latency.connect`) and the connect rate over the connect phase
+//! (`connections.connects_per_sec`); with `--verify-kafka`, the rate at which messages
+//! reached Kafka (`kafka.received_per_sec`).
 
 mod device;
 mod engine;
@@ -35,9 +45,12 @@ static GLOBAL: report::CountingAllocator = report::CountingAllocator;
 
 /// Simulates MQTT devices publishing through ferrymq and checks where every message went:
 /// with --verify-kafka it reads the mapped Kafka topic and reports, per device, what was
-/// sent, acknowledged, received, lost, duplicated and out of order, with latencies.
-/// Plain TCP only: TLS is not supported yet. Exit status: 0 when no acknowledged message
-/// is missing, 1 when one is, 2 for bad flags or a failed preflight, 3 for other errors.
+/// sent, acknowledged, received, lost, duplicated and out of order, with latencies; with
+/// --subscribers or --one-to-one, what subscribing devices received. It also reports the
+/// connect rate and TCP connect → CONNACK latency. Plain TCP only: TLS is not supported
+/// yet. Exit status: 0 when no acknowledged message is missing (nor, one-to-one, delivered
+/// to the wrong subscriber), 1 when one is, 2 for bad flags or a failed preflight, 3 for
+/// other errors.
 #[derive(Parser, Debug)]
 #[command(
     name = "ferrymq-loadgen",
@@ -128,6 +141,14 @@ struct Args {
     /// must receive every acknowledged message of this process's publishers.
     #[arg(long, default_value_t = 0)]
     subscribers: u32,
+    /// One-to-one: each publishing device gets a subscribing device of its own that
+    /// subscribes to exactly that device's topic (the -t template filled in for it), so
+    /// that -c publishers and -c subscribers run and each message goes to exactly one
+    /// subscriber, which must receive every acknowledged message of its publisher and
+    /// nothing else. Subscribers are subscribed before publishers connect. Not with
+    /// --churn, --subscribers or --sub-topic; -t must hold %i or %c.
+    #[arg(long)]
+    one_to_one: bool,
     /// Filter of the subscribing devices; default: the topic template with %i and %c
     /// levels as +.
     #[arg(long)]
@@ -151,7 +172,11 @@ struct Args {
     /// After the run, seconds publishers wait for outstanding acks (also the ack timeout).
     #[arg(long, default_value_t = 15)]
     drain_secs: u64,
-    /// Kafka bootstrap servers to verify delivery against.
+    /// Kafka bootstrap servers to verify delivery against. The report then also gives the
+    /// rate at which messages reached Kafka (kafka.received_per_sec): messages found over
+    /// the time from the earliest send of one of them to the last one's arrival, which is
+    /// the record's LogAppendTime where the topic uses it (see --kafka-create-topics), else
+    /// the moment the consumer read it.
     #[arg(long)]
     verify_kafka: Option<String>,
     /// Kafka topic(s) the broker maps the messages to (comma-separated).
@@ -165,7 +190,9 @@ struct Args {
     /// Seconds after the run to wait for acknowledged messages to appear in Kafka.
     #[arg(long, default_value_t = 60)]
     verify_timeout_secs: u64,
-    /// Write the final report as JSON to this file.
+    /// Write the final report as JSON to this file: counts, rates (e.g.
+    /// connections.connects_per_sec, kafka.received_per_sec) and latency summaries in µs
+    /// (latency.connect, .puback, .subscriber, .kafka), with the histograms behind them.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write per-device figures (sent, acknowledged, received in Kafka, lost, duplicated,
@@ -249,6 +276,36 @@ fn check(args: &Args) -> Result<(), String> {
     if args.per_device.is_some() && args.verify_kafka.is_none() {
         return Err("--per-device: needs --verify-kafka".into());
     }
+    if args.one_to_one {
+        if args.churn || args.churn_total.is_some() {
+            return Err(
+                "--one-to-one: not with --churn/--churn-total (each subscriber stays paired \
+                 with one publishing device for the whole run)"
+                    .into(),
+            );
+        }
+        if args.subscribers > 0 {
+            return Err(
+                "--one-to-one: not with --subscribers (one-to-one runs one subscriber per \
+                 publishing device, -c of them)"
+                    .into(),
+            );
+        }
+        if args.sub_topic.is_some() {
+            return Err(
+                "--one-to-one: not with --sub-topic (each subscriber subscribes to its \
+                 publisher's topic)"
+                    .into(),
+            );
+        }
+        if !Template::parse(&args.topic).is_per_device() {
+            return Err(format!(
+                "--one-to-one: the topic template {:?} must hold %i or %c, so that each \
+                 publishing device has a topic of its own",
+                args.topic
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -318,7 +375,12 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
         source_ips,
         cores,
         devices: args.devices,
-        subscribers: args.subscribers,
+        subscribers: if args.one_to_one {
+            args.devices
+        } else {
+            args.subscribers
+        },
+        one_to_one: args.one_to_one,
         connect_rate: args.connect_rate,
         connect_timeout: Duration::from_secs(args.connect_timeout_secs.max(1)),
         publish_interval,
@@ -361,11 +423,19 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
 
 /// The connections of the whole run and of its busiest process, for the preflight.
 fn demand_of(scenario: &Scenario, procs: u64) -> preflight::Demand {
-    let busiest =
-        procs::share(u64::from(scenario.devices), 0, procs) + u64::from(scenario.subscribers);
+    let publishers = procs::share(u64::from(scenario.devices), 0, procs);
+    // Fan-out: each process has all --subscribers; one-to-one: one per publisher.
+    let (busiest, total) = if scenario.one_to_one {
+        (2 * publishers, 2 * u64::from(scenario.devices))
+    } else {
+        (
+            publishers + u64::from(scenario.subscribers),
+            u64::from(scenario.devices) + u64::from(scenario.subscribers) * procs,
+        )
+    };
     preflight::Demand {
         connections_per_process: busiest,
-        connections_total: u64::from(scenario.devices) + u64::from(scenario.subscribers) * procs,
+        connections_total: total,
         shards: scenario.cores.len() as u64,
         procs,
         source_ips: scenario.source_ips.len().max(1) as u64,
@@ -479,6 +549,39 @@ mod tests {
         );
         assert!(check(&args).is_ok());
         assert!(Args::try_parse_from(["ferrymq-loadgen", "-q", "3"]).is_err());
+    }
+
+    #[test]
+    fn one_to_one_pairs_every_device_and_refuses_what_does_not_fit() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["ferrymq-loadgen", "-c", "50", "--one-to-one"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap()
+        };
+        let args = parse(&["--procs", "2"]);
+        assert!(check(&args).is_ok());
+        let scenario = scenario_of(&args).unwrap();
+        assert!(scenario.one_to_one);
+        assert_eq!((scenario.devices, scenario.subscribers), (50, 50));
+        let demand = demand_of(&scenario, 2);
+        assert_eq!(
+            (demand.connections_per_process, demand.connections_total),
+            (50, 100)
+        );
+        for (extra, word) in [
+            (&["--churn"][..], "--churn"),
+            (&["--churn-total", "500"][..], "--churn"),
+            (&["--subscribers", "3"][..], "--subscribers"),
+            (&["--sub-topic", "d/+"][..], "--sub-topic"),
+            (&["-t", "all/the/same"][..], "%i or %c"),
+        ] {
+            let error = check(&parse(extra)).unwrap_err();
+            assert!(
+                error.starts_with("--one-to-one") && error.contains(word),
+                "{extra:?}: {error}"
+            );
+        }
+        assert!(check(&parse(&["-t", "d/%c/up"])).is_ok());
     }
 
     #[test]

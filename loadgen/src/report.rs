@@ -180,11 +180,36 @@ pub struct DeviceFigures {
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionFigures {
-    /// Connections that got a successful CONNACK.
+    /// Connections that got a successful CONNACK (subscribers' and reconnects included).
     pub connects: u64,
     pub connect_errors: u64,
     /// Errors by kind, connect errors included.
     pub errors: BTreeMap<String, u64>,
+    /// The connect rate: `connects` over the connect phase, from the first connect attempt
+    /// to the last CONNACK (not over the whole run). 0 without connections.
+    pub connects_per_sec: f64,
+    /// The connect phase in seconds: `last_connack_unix_us - first_connect_unix_us`.
+    pub connect_phase_secs: f64,
+    /// When the first connect attempt started (µs since the Unix epoch; 0: none).
+    pub first_connect_unix_us: u64,
+    /// When the last connection got its CONNACK (µs since the Unix epoch; 0: none).
+    pub last_connack_unix_us: u64,
+}
+
+impl ConnectionFigures {
+    /// Sets the connect phase and rate from the connects and the two moments.
+    pub fn compute_rate(&mut self) {
+        let (first, last) = (self.first_connect_unix_us, self.last_connack_unix_us);
+        if self.connects == 0 || first == 0 || last < first {
+            self.connect_phase_secs = 0.0;
+            self.connects_per_sec = 0.0;
+            return;
+        }
+        // At least a microsecond: one connection can start and finish within one tick.
+        let span_us = (last - first).max(1);
+        self.connect_phase_secs = span_us as f64 / 1e6;
+        self.connects_per_sec = self.connects as f64 / self.connect_phase_secs;
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,18 +246,48 @@ pub struct KafkaFigures {
     pub timed_out: bool,
     /// "log-append-time", "create-time" or "consume-time": what publish→Kafka measures to.
     pub latency_to: String,
+    /// The rate at which messages reached Kafka: `received` over the time from the first
+    /// message's send (the earliest send time in the payloads read) to the last message's
+    /// arrival. Arrival is the record's LogAppendTime, Kafka's own append time, where the
+    /// topic has it (as `--kafka-create-topics` creates them); else the moment the consumer
+    /// read it, which trails the append by the consumer's fetch wait. 0 when none arrived.
+    pub received_per_sec: f64,
+    /// Send time of the first message of this run found in Kafka (ms since the Unix
+    /// epoch; 0: none).
+    pub first_send_unix_ms: u64,
+    /// Arrival time in Kafka of the last message (as for `received_per_sec`; 0: none).
+    pub last_arrival_unix_ms: u64,
+}
+
+impl KafkaFigures {
+    /// Sets `received_per_sec` from `received` and the two moments (1 ms at least apart:
+    /// their resolution).
+    pub fn compute_rate(&mut self) {
+        let (first, last) = (self.first_send_unix_ms, self.last_arrival_unix_ms);
+        self.received_per_sec = if self.received == 0 || first == 0 || last == 0 {
+            0.0
+        } else {
+            self.received as f64 * 1000.0 / last.saturating_sub(first).max(1) as f64
+        };
+    }
 }
 
 /// What this process's subscribing devices saw of its publishers' messages.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubscriberFigures {
     pub subscribers: u64,
-    /// Acknowledged messages times subscribers: what they had to receive.
+    /// `--one-to-one`: each subscriber had to receive exactly its own publisher's messages.
+    pub one_to_one: bool,
+    /// Acknowledged messages times subscribers (one-to-one: the acknowledged messages):
+    /// what they had to receive.
     pub expected: u64,
     pub received: u64,
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// One-to-one: messages a subscriber got that were not its own publisher's (each
+    /// fails the run).
+    pub misrouted: u64,
     /// Subscribed at QoS 0: copies may be dropped, so losses do not fail the run.
     pub best_effort: bool,
 }
@@ -242,6 +297,8 @@ pub struct LatencyFigures {
     pub puback: LatencySummary,
     pub subscriber: LatencySummary,
     pub kafka: LatencySummary,
+    /// Start of the TCP connect → CONNACK, per connection established.
+    pub connect: LatencySummary,
 }
 
 /// The process's allocator: mimalloc, counting the bytes handed out and not yet returned,
@@ -367,6 +424,7 @@ pub struct Histograms {
     pub puback: Vec<[u64; 2]>,
     pub subscriber: Vec<[u64; 2]>,
     pub kafka: Vec<[u64; 2]>,
+    pub connect: Vec<[u64; 2]>,
 }
 
 /// The final report; `--json` writes it as is.
@@ -397,7 +455,7 @@ impl Report {
         let subs_ok = self
             .subscriptions
             .as_ref()
-            .is_none_or(|s| s.lost == 0 || s.best_effort);
+            .is_none_or(|s| (s.lost == 0 || s.best_effort) && s.misrouted == 0);
         kafka_ok && subs_ok
     }
 
@@ -407,6 +465,7 @@ impl Report {
             puback: LatencySummary::of(&undump(&self.histograms.puback)),
             subscriber: LatencySummary::of(&undump(&self.histograms.subscriber)),
             kafka: LatencySummary::of(&undump(&self.histograms.kafka)),
+            connect: LatencySummary::of(&undump(&self.histograms.connect)),
         };
     }
 
@@ -425,6 +484,16 @@ impl Report {
         for (kind, n) in &other.connections.errors {
             *c.errors.entry(kind.clone()).or_default() += n;
         }
+        // The connect phase of the run spans from the earliest first attempt to the latest
+        // last CONNACK of any process.
+        c.first_connect_unix_us = earliest(
+            c.first_connect_unix_us,
+            other.connections.first_connect_unix_us,
+        );
+        c.last_connack_unix_us = c
+            .last_connack_unix_us
+            .max(other.connections.last_connack_unix_us);
+        c.compute_rate();
         let m = &mut self.messages;
         m.sent += other.messages.sent;
         m.sent_qos0 += other.messages.sent_qos0;
@@ -443,6 +512,9 @@ impl Report {
                 k.foreign = k.foreign.min(o.foreign);
                 k.devices_with_loss += o.devices_with_loss;
                 k.timed_out |= o.timed_out;
+                k.first_send_unix_ms = earliest(k.first_send_unix_ms, o.first_send_unix_ms);
+                k.last_arrival_unix_ms = k.last_arrival_unix_ms.max(o.last_arrival_unix_ms);
+                k.compute_rate();
             }
             (None, Some(o)) => self.kafka = Some(o.clone()),
             _ => {}
@@ -455,6 +527,8 @@ impl Report {
                 s.lost += o.lost;
                 s.duplicated += o.duplicated;
                 s.out_of_order += o.out_of_order;
+                s.misrouted += o.misrouted;
+                s.one_to_one |= o.one_to_one;
             }
             (None, Some(o)) => self.subscriptions = Some(o.clone()),
             _ => {}
@@ -470,6 +544,7 @@ impl Report {
                 &other.histograms.subscriber,
             ),
             (&mut self.histograms.kafka, &other.histograms.kafka),
+            (&mut self.histograms.connect, &other.histograms.connect),
         ] {
             let mut merged = undump(mine);
             merged
@@ -510,8 +585,9 @@ impl Report {
                 .join(", ")
         };
         line(format!(
-            "connections  {} connects, {} connect errors; errors: {errors}",
-            c.connects, c.connect_errors
+            "connections  {} connects ({:.0}/s over the connect phase of {:.2} s), {} connect \
+             errors; errors: {errors}",
+            c.connects, c.connects_per_sec, c.connect_phase_secs, c.connect_errors
         ));
         let m = &self.messages;
         line(format!(
@@ -520,9 +596,10 @@ impl Report {
         ));
         if let Some(k) = &self.kafka {
             line(format!(
-                "kafka        received {}, LOST {}, duplicated {}, out of order {}, QoS 0 missing \
-                 {}, unexpected {}{} [{}]",
+                "kafka        received {} ({:.0}/s from first send to last arrival), LOST {}, \
+                 duplicated {}, out of order {}, QoS 0 missing {}, unexpected {}{} [{}]",
                 k.received,
+                k.received_per_sec,
                 k.lost,
                 k.duplicated,
                 k.out_of_order,
@@ -537,11 +614,21 @@ impl Report {
             ));
         }
         if let Some(s) = &self.subscriptions {
-            line(format!(
-                "subscribers  {} subscribers expected {}, received {}, LOST {}, duplicated {}, \
+            let mut text = format!(
+                "subscribers  {} {}subscribers expected {}, received {}, LOST {}, duplicated {}, \
                  out of order {}",
-                s.subscribers, s.expected, s.received, s.lost, s.duplicated, s.out_of_order
-            ));
+                s.subscribers,
+                if s.one_to_one { "one-to-one " } else { "" },
+                s.expected,
+                s.received,
+                s.lost,
+                s.duplicated,
+                s.out_of_order
+            );
+            if s.one_to_one {
+                text.push_str(&format!(", MISROUTED {}", s.misrouted));
+            }
+            line(text);
         }
         line(format!(
             "latency ms   {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
@@ -552,6 +639,7 @@ impl Report {
             self.kafka.as_ref().map_or("", |k| k.latency_to.as_str())
         );
         for (label, summary) in [
+            ("connect→CONNACK".to_string(), &self.latency.connect),
             ("publish→ack".to_string(), &self.latency.puback),
             ("publish→subscriber".to_string(), &self.latency.subscriber),
             (kafka_label, &self.latency.kafka),
@@ -620,11 +708,22 @@ impl Report {
             "result       {}",
             if self.passed() {
                 "PASS: every acknowledged message was delivered"
+            } else if self.subscriptions.as_ref().is_some_and(|s| s.misrouted > 0) {
+                "FAIL: messages reached subscribers they were not for (see MISROUTED above)"
             } else {
                 "FAIL: acknowledged messages are missing (see LOST above)"
             }
         ));
         out
+    }
+}
+
+/// The earlier of two moments where 0 means "none".
+fn earliest(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
     }
 }
 
@@ -700,6 +799,93 @@ mod tests {
         assert!((999..=1001).contains(&merged.latency.puback.p50_us));
         assert!((99_900..=100_100).contains(&merged.latency.puback.max_us));
         assert_eq!(merged.memory.loadgen_bytes_per_device, 700);
+    }
+
+    #[test]
+    fn merging_recomputes_connect_and_kafka_rates_over_all_processes() {
+        let process = |first_us: u64, last_us: u64, connects: u64, connect_us: u64| {
+            let mut report = report_with(100, 0, &[1_000]);
+            report.connections = ConnectionFigures {
+                connects,
+                first_connect_unix_us: first_us,
+                last_connack_unix_us: last_us,
+                ..Default::default()
+            };
+            report.connections.compute_rate();
+            let mut histogram = latency_histogram();
+            for _ in 0..connects {
+                record_latency(&mut histogram, connect_us);
+            }
+            report.histograms.connect = dump(&histogram);
+            let kafka = report.kafka.as_mut().unwrap();
+            kafka.first_send_unix_ms = first_us / 1000;
+            kafka.last_arrival_unix_ms = last_us / 1000 + 500;
+            kafka.compute_rate();
+            report.summarize_latencies();
+            report
+        };
+        // 100 connections in 0.5 s; 300 in 1 s, starting 0.25 s later.
+        let mut merged = process(1_000_000_000, 1_000_500_000, 100, 2_000);
+        assert_eq!(merged.connections.connects_per_sec, 200.0);
+        assert_eq!(merged.latency.connect.count, 100);
+        assert_eq!(merged.kafka.as_ref().unwrap().received_per_sec, 100.0);
+        merged.merge(&process(1_000_250_000, 1_001_250_000, 300, 4_000));
+        let c = &merged.connections;
+        assert_eq!((c.connects, c.connect_phase_secs), (400, 1.25));
+        assert_eq!(c.connects_per_sec, 320.0);
+        assert_eq!(merged.latency.connect.count, 400);
+        assert!((3_990..=4_010).contains(&merged.latency.connect.p90_us));
+        // 200 messages from the first send (1_000_000 ms) to the last arrival (1_001_750).
+        let k = merged.kafka.as_ref().unwrap();
+        assert_eq!(
+            (k.first_send_unix_ms, k.last_arrival_unix_ms),
+            (1_000_000, 1_001_750)
+        );
+        assert!((k.received_per_sec - 200.0 / 1.75).abs() < 1e-9);
+        // A process that connected nothing leaves the phase alone.
+        merged.merge(&report_with(0, 0, &[]));
+        assert_eq!(merged.connections.connects_per_sec, 320.0);
+        assert!(merged
+            .table()
+            .contains("320/s over the connect phase of 1.25 s"));
+        assert!(merged.table().contains("connect→CONNACK"));
+    }
+
+    #[test]
+    fn rates_without_anything_are_zero() {
+        let mut c = ConnectionFigures::default();
+        c.compute_rate();
+        assert_eq!((c.connects_per_sec, c.connect_phase_secs), (0.0, 0.0));
+        let mut k = KafkaFigures {
+            received: 5,
+            ..Default::default()
+        };
+        k.compute_rate();
+        assert_eq!(k.received_per_sec, 0.0);
+        // One message appended within the millisecond it was sent.
+        k.received = 1;
+        k.first_send_unix_ms = 7;
+        k.last_arrival_unix_ms = 7;
+        k.compute_rate();
+        assert_eq!(k.received_per_sec, 1000.0);
+    }
+
+    #[test]
+    fn misrouted_one_to_one_messages_fail_the_run() {
+        let mut report = report_with(10, 0, &[5]);
+        report.subscriptions = Some(SubscriberFigures {
+            subscribers: 10,
+            one_to_one: true,
+            expected: 10,
+            received: 10,
+            best_effort: true,
+            ..Default::default()
+        });
+        assert!(report.passed());
+        assert!(report.table().contains("one-to-one subscribers"));
+        report.subscriptions.as_mut().unwrap().misrouted = 1;
+        assert!(!report.passed());
+        assert!(report.table().contains("MISROUTED 1"));
     }
 
     #[test]

@@ -97,7 +97,12 @@ pub fn describe(scenario: &Scenario) -> String {
     if let Some(duration) = scenario.duration {
         text.push_str(&format!(", {} s", duration.as_secs()));
     }
-    if scenario.subscribers > 0 {
+    if scenario.one_to_one {
+        text.push_str(&format!(
+            ", one-to-one: {} subscribers, one per publisher",
+            scenario.subscribers
+        ));
+    } else if scenario.subscribers > 0 {
         text.push_str(&format!(", {} subscribers", scenario.subscribers));
     }
     text.push_str(&format!(
@@ -182,6 +187,9 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
     let mut records: Vec<DeviceRecord> = Vec::new();
     let mut puback = latency_histogram();
     let mut subscriber = latency_histogram();
+    let mut connect = latency_histogram();
+    let (mut first_connect_us, mut last_connack_us) = (u64::MAX, 0);
+    let mut misrouted = 0;
     let mut sub_seen: Vec<HashMap<u64, _>> = Vec::new();
     let mut failures = [0u64; Failure::ALL.len()];
     for output in outputs {
@@ -189,14 +197,18 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
         let observed = output.observed;
         puback.add(&observed.puback).expect("equal bounds");
         subscriber.add(&observed.subscriber).expect("equal bounds");
+        connect.add(&observed.connect).expect("equal bounds");
+        first_connect_us = first_connect_us.min(observed.first_connect_us);
+        last_connack_us = last_connack_us.max(observed.last_connack_us);
+        misrouted += observed.sub_misrouted;
         sub_seen.extend(observed.sub_seen);
         for (total, n) in failures.iter_mut().zip(observed.failures) {
             *total += n;
         }
     }
     records.sort_by_key(|r| r.number);
-    let subscriptions =
-        (scenario.subscribers > 0).then(|| check_subscribers(&records, &sub_seen, &scenario));
+    let subscriptions = (scenario.subscribers > 0)
+        .then(|| check_subscribers(&records, &sub_seen, misrouted, &scenario));
     let messages = MessageFigures {
         sent: records.iter().map(|r| u64::from(r.sent)).sum(),
         sent_qos0: records.iter().map(|r| u64::from(r.sent_qos0)).sum(),
@@ -247,6 +259,13 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
                 .filter(|(_, n)| *n > 0)
                 .map(|(f, n)| (f.name().to_string(), n))
                 .collect(),
+            first_connect_unix_us: if first_connect_us == u64::MAX {
+                0
+            } else {
+                first_connect_us
+            },
+            last_connack_unix_us: last_connack_us,
+            ..Default::default()
         },
         messages: MessageFigures {
             publishes_per_sec: messages.sent as f64 / elapsed.as_secs_f64().max(0.001),
@@ -260,9 +279,11 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
             puback: dump(&puback),
             subscriber: dump(&subscriber),
             kafka: dump(&kafka_latency),
+            connect: dump(&connect),
         },
         ..Default::default()
     };
+    report.connections.compute_rate();
     report.summarize_latencies();
     Ok(report)
 }

@@ -111,6 +111,14 @@ impl Template {
         out
     }
 
+    /// Whether the template names the device (`%i` or `%c`), so that each device has a
+    /// topic of its own.
+    pub fn is_per_device(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, Part::Number | Part::ClientId))
+    }
+
     /// A filter matching every topic of the template: each level holding `%i` or `%c`
     /// becomes `+` (`devices/%i/telemetry` → `devices/+/telemetry`).
     pub fn wildcard_filter(&self) -> String {
@@ -229,7 +237,12 @@ pub struct Scenario {
     pub cores: Vec<usize>,
     /// Publishing devices connected at once (the churn slots with `churn`).
     pub devices: u32,
+    /// Subscribing devices of this process: `--subscribers`, or with `one_to_one` as many
+    /// as publishing devices.
     pub subscribers: u32,
+    /// `--one-to-one`: subscriber `k` subscribes to exactly the topic of publisher
+    /// `id_start + k`, so that each message goes to exactly one subscriber.
+    pub one_to_one: bool,
     pub connect_rate: u32,
     pub connect_timeout: Duration,
     pub publish_interval: Duration,
@@ -279,6 +292,21 @@ impl Scenario {
 
     pub fn subscriber_client_id(&self, index: u32) -> String {
         format!("{}sub{}-{index}", self.id_prefix, self.id_start)
+    }
+
+    /// With `--one-to-one`, the publishing device subscriber `index` is paired with.
+    pub fn paired_publisher(&self, index: u64) -> Option<u64> {
+        self.one_to_one.then(|| self.id_start + index)
+    }
+
+    /// What subscriber `index` subscribes to: its publisher's topic with `--one-to-one`,
+    /// else the shared filter. Rendered when the SUBSCRIBE is sent, so that a device keeps
+    /// no string of its own.
+    pub fn subscriber_filter(&self, index: u64) -> String {
+        match self.paired_publisher(index) {
+            Some(publisher) => self.topic.render(publisher, &self.id_prefix),
+            None => self.sub_topic.clone(),
+        }
     }
 
     /// Source address and target of device `number`: consecutive numbers go round the
@@ -334,6 +362,18 @@ mod tests {
         assert_eq!(Template::parse("plain").render(1, "x"), "plain");
         assert_eq!(Template::parse("d%i").wildcard_filter(), "+");
         assert_eq!(Template::parse("100%").render(1, "x"), "100%");
+        assert!(template.is_per_device() && Template::parse("a/%c").is_per_device());
+        assert!(!Template::parse("a/b%").is_per_device());
+    }
+
+    #[test]
+    fn one_to_one_pairs_each_subscriber_with_one_publisher_topic() {
+        let mut scenario = crate::device::tests::scenario();
+        assert_eq!(scenario.paired_publisher(3), None);
+        assert_eq!(scenario.subscriber_filter(3), "d/+/t");
+        scenario.one_to_one = true;
+        assert_eq!(scenario.paired_publisher(3), Some(13));
+        assert_eq!(scenario.subscriber_filter(3), "d/13/t");
     }
 
     #[test]

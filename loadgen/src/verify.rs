@@ -113,18 +113,43 @@ impl DeviceRecord {
     }
 }
 
-/// Compares each subscriber's receipts with what the publishers had acknowledged.
+/// Compares each subscriber's receipts with what the publishers had acknowledged: in
+/// fan-out every subscriber must have every acknowledged message; one-to-one each
+/// publisher's subscriber must have its publisher's (`misrouted`: what subscribers got
+/// that was not their publisher's, counted as it arrived).
 pub fn check_subscribers(
     records: &[DeviceRecord],
     subscribers: &[HashMap<u64, SeqSet>],
+    misrouted: u64,
     scenario: &Scenario,
 ) -> SubscriberFigures {
     let mut figures = SubscriberFigures {
         subscribers: subscribers.len() as u64,
+        one_to_one: scenario.one_to_one,
+        misrouted,
         best_effort: scenario.sub_qos == QoS::AtMostOnce,
         ..Default::default()
     };
     let acked_total: u64 = records.iter().map(|r| u64::from(r.acked)).sum();
+    if scenario.one_to_one {
+        // A subscriber records only its own publisher's messages, so each publisher is a
+        // key of at most one subscriber's map: the maps' union, by publisher.
+        let by_publisher: HashMap<u64, &SeqSet> = subscribers
+            .iter()
+            .flat_map(|seen| seen.iter().map(|(device, set)| (*device, set)))
+            .collect();
+        figures.expected = acked_total;
+        for set in by_publisher.values() {
+            figures.received += u64::from(set.received);
+            figures.duplicated += u64::from(set.duplicated);
+            figures.out_of_order += u64::from(set.out_of_order);
+        }
+        for record in records {
+            figures.lost +=
+                record.lost_in(by_publisher.get(&record.number).copied(), &scenario.qos_mix);
+        }
+        return figures;
+    }
     figures.expected = acked_total * subscribers.len() as u64;
     for seen in subscribers {
         for set in seen.values() {
@@ -285,6 +310,9 @@ impl Reader {
         let mut latency_to = "consume-time";
         let mut foreign = 0u64;
         let mut invalid = 0u64;
+        // The earliest send and the latest arrival of the messages read (first copies).
+        let mut first_send_us = u64::MAX;
+        let mut last_arrival_us = 0u64;
         // After the run: the devices' records, by number, and the acknowledged messages
         // not found yet.
         let mut expected: Option<(Vec<DeviceRecord>, HashMap<u64, usize>)> = None;
@@ -356,6 +384,8 @@ impl Reader {
                 _ => now_us(),
             };
             record_latency(&mut latency, arrived_us.saturating_sub(header.sent_us));
+            first_send_us = first_send_us.min(header.sent_us);
+            last_arrival_us = last_arrival_us.max(arrived_us);
             if let Some((records, index)) = &expected {
                 let acked = index
                     .get(&header.device)
@@ -383,6 +413,12 @@ impl Reader {
                 timed_out,
                 latency_to,
                 per_device,
+                first_send_unix_ms: if first_send_us == u64::MAX {
+                    0
+                } else {
+                    first_send_us / 1000
+                },
+                last_arrival_unix_ms: last_arrival_us / 1000,
             },
             latency,
         ))
@@ -396,6 +432,8 @@ struct TallyInput {
     timed_out: bool,
     latency_to: &'static str,
     per_device: bool,
+    first_send_unix_ms: u64,
+    last_arrival_unix_ms: u64,
 }
 
 fn tally(
@@ -411,6 +449,8 @@ fn tally(
         unexpected: input.invalid,
         timed_out: input.timed_out,
         latency_to: input.latency_to.to_string(),
+        first_send_unix_ms: input.first_send_unix_ms,
+        last_arrival_unix_ms: input.last_arrival_unix_ms,
         ..Default::default()
     };
     let mut issues = Vec::new();
@@ -467,6 +507,7 @@ fn tally(
             figures.unexpected += u64::from(set.received);
         }
     }
+    figures.compute_rate();
     KafkaOutcome {
         figures,
         latency,
@@ -616,6 +657,8 @@ mod tests {
             timed_out: false,
             latency_to: "consume-time",
             per_device: true,
+            first_send_unix_ms: 1_000,
+            last_arrival_unix_ms: 1_500,
         };
         let outcome = tally(&records, &seen, &mix, input, latency_histogram());
         let f = &outcome.figures;
@@ -625,12 +668,42 @@ mod tests {
             (4, 1, 1, 1)
         );
         assert_eq!(f.devices_with_loss, 1);
+        // 4 distinct messages in 0.5 s.
+        assert_eq!(f.received_per_sec, 8.0);
         assert_eq!(outcome.per_device.len(), 2);
         assert_eq!(outcome.issues.len(), 2);
 
         let scenario = crate::device::tests::scenario();
-        let subs = check_subscribers(&records, &[seen.clone(), HashMap::new()], &scenario);
+        let subs = check_subscribers(&records, &[seen.clone(), HashMap::new()], 0, &scenario);
         assert_eq!(subs.expected, 8);
         assert_eq!(subs.lost, 1 + 4);
+        assert!(!subs.one_to_one);
+    }
+
+    #[test]
+    fn one_to_one_subscribers_are_checked_against_their_own_publisher() {
+        let mut scenario = crate::device::tests::scenario();
+        scenario.one_to_one = true;
+        let record = |number, sent| DeviceRecord {
+            number,
+            sent,
+            sent_qos0: 0,
+            acked: sent,
+            unacked: vec![],
+        };
+        let records = vec![record(10, 3), record(11, 2), record(12, 4)];
+        // Subscriber of 10: everything, one twice; of 11: seq 1 only; of 12: nothing.
+        let mut first = HashMap::new();
+        let set: &mut SeqSet = first.entry(10).or_default();
+        for seq in [0, 1, 1, 2] {
+            set.record(seq);
+        }
+        let mut second = HashMap::new();
+        second.entry(11).or_insert_with(SeqSet::default).record(1);
+        let subs = check_subscribers(&records, &[first, HashMap::new(), second], 3, &scenario);
+        assert!(subs.one_to_one);
+        assert_eq!((subs.subscribers, subs.expected), (3, 9));
+        assert_eq!((subs.received, subs.duplicated, subs.lost), (4, 1, 1 + 4));
+        assert_eq!(subs.misrouted, 3);
     }
 }

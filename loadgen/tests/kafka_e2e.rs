@@ -196,6 +196,19 @@ fn two_hundred_devices_lose_nothing_on_the_way_to_kafka() {
     assert_eq!(figure(&report, "devices.distinct_ids"), 200);
     assert_eq!(figure(&report, "latency.puback.count"), 2_000);
     assert!(figure(&report, "latency.kafka.count") >= 2_000);
+    assert_eq!(figure(&report, "latency.connect.count"), 200);
+    assert!(report["connections"]["connects_per_sec"].as_f64().unwrap() > 0.0);
+    // The topic was created with LogAppendTime: the arrival rate runs from the first send
+    // to Kafka's append time of the last record.
+    assert_eq!(report["kafka"]["latency_to"], "log-append-time");
+    let (first, last) = (
+        figure(&report, "kafka.first_send_unix_ms"),
+        figure(&report, "kafka.last_arrival_unix_ms"),
+    );
+    assert!(first > 0 && first <= last, "{report}");
+    let per_sec = report["kafka"]["received_per_sec"].as_f64().unwrap();
+    let expected = 2_000.0 * 1000.0 / (last - first).max(1) as f64;
+    assert!((per_sec - expected).abs() < 1e-6 * expected, "{report}");
 }
 
 /// Two processes (merged report), a QoS 1/2 mix, a subscriber per process and churn: 300
@@ -237,4 +250,10 @@ fn churn_over_two_processes_with_subscribers_and_qos2() {
     assert_eq!(figure(&report, "subscriptions.subscribers"), 2);
     assert_eq!(figure(&report, "subscriptions.expected"), 900);
     assert_eq!(figure(&report, "subscriptions.lost"), 0);
+    // Merged over both processes: one connect latency per connection, one arrival rate.
+    assert_eq!(
+        figure(&report, "latency.connect.count"),
+        figure(&report, "connections.connects")
+    );
+    assert!(report["kafka"]["received_per_sec"].as_f64().unwrap() > 0.0);
 }
