@@ -15,6 +15,7 @@
 //! payload are slices of that buffer, routed by the shard that owns the session, and handed
 //! to Kafka without another copy.
 
+pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;

@@ -1,7 +1,9 @@
 //! The `ferrymq` command: without a subcommand it runs the broker (defaults, then
 //! `--config FILE`, then flags); `ferrymq decode` turns captured bytes into packets, or into
-//! the error and reason code the broker answers with.
+//! the error and reason code the broker answers with; `ferrymq passwd` edits a password file
+//! in Mosquitto's `mosquitto_passwd` format.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bytes::BytesMut;
@@ -43,6 +45,36 @@ enum Command {
         /// Decode as the client does (packets sent by a server) instead of as the server.
         #[arg(long)]
         from_server: bool,
+    },
+    /// Add a user to a password file, change a user's password, or delete a user.
+    ///
+    /// The file has Mosquitto's mosquitto_passwd format (`USER:$7$...`, PBKDF2-SHA512 with a
+    /// random 12-byte salt), so it also works as a Mosquitto password_file, and files
+    /// written by mosquitto_passwd can be edited. FILE is created if it does not exist.
+    /// Other lines, comments included, are kept in their order. FILE is replaced
+    /// atomically (a temporary file in the same directory, then rename) with mode 0600.
+    /// Without --password, the password is asked twice on the terminal without echo, or
+    /// read as one line from standard input when that is not a terminal. An empty password
+    /// is refused.
+    #[command(after_help = "Exit status: 0 done, 1 failed (FILE unchanged), 2 usage error.")]
+    Passwd {
+        /// Password file to create or update.
+        file: PathBuf,
+        /// User name to add, update or delete: not empty, no ':', no control characters,
+        /// no blanks at either end.
+        user: String,
+        /// The new password. Other local users may see it in the process list: prefer
+        /// the prompt or standard input.
+        #[arg(long, value_name = "PASSWORD", conflicts_with = "delete")]
+        password: Option<String>,
+        /// Delete USER from FILE instead of setting a password; fails if USER is not
+        /// in FILE.
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// PBKDF2 iterations for the new hash (mosquitto_passwd's default is 101).
+        #[arg(long, value_name = "N", default_value_t = ferrymq::auth::DEFAULT_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "delete")]
+        iterations: u32,
     },
 }
 
@@ -125,6 +157,57 @@ fn decode(hex: &[String], protocol: Option<Protocol>, from_server: bool) -> Exit
     }
 }
 
+fn passwd(
+    file: &Path,
+    user: &str,
+    password: Option<String>,
+    delete: bool,
+    iterations: u32,
+) -> ExitCode {
+    use ferrymq::auth::{passwd::validate_username, prompt, PasswordFile, PasswordHash};
+
+    let fail = |message: &dyn std::fmt::Display| {
+        eprintln!("ferrymq passwd: {message}");
+        ExitCode::FAILURE
+    };
+    if let Err(problem) = validate_username(user) {
+        return fail(&problem);
+    }
+    let mut passwords = match if delete {
+        PasswordFile::load(file)
+    } else {
+        PasswordFile::load_or_new(file)
+    } {
+        Ok(passwords) => passwords,
+        Err(error) => return fail(&error),
+    };
+    if delete {
+        if !passwords.remove(user) {
+            return fail(&format!("user {user:?} is not in {}", file.display()));
+        }
+    } else {
+        let password = match password {
+            Some(password) if password.is_empty() => return fail(&"empty password"),
+            Some(password) => password.into_bytes(),
+            None => match prompt::read_new_password() {
+                Ok(password) => password,
+                Err(error) => return fail(&error),
+            },
+        };
+        let hash = match PasswordHash::new(&password, iterations) {
+            Ok(hash) => hash,
+            Err(error) => return fail(&format!("no random salt: {error}")),
+        };
+        if let Err(error) = passwords.set(user, hash) {
+            return fail(&error);
+        }
+    }
+    match passwords.save(file) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
 fn run_broker(args: &BrokerArgs) -> ExitCode {
     let config = match config::load(args) {
         Ok(config) => config,
@@ -157,5 +240,12 @@ fn main() -> ExitCode {
             protocol,
             from_server,
         }) => decode(&hex, protocol.map(Protocol::from), from_server),
+        Some(Command::Passwd {
+            file,
+            user,
+            password,
+            delete,
+            iterations,
+        }) => passwd(&file, &user, password, delete, iterations),
     }
 }
