@@ -125,9 +125,10 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             // Loopback only: a broker started without configuration is not open to the network.
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from((Ipv4Addr::LOCALHOST, PORT_DEFAULT)),
-            }],
+            listeners: vec![ListenerConfig::new(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                PORT_DEFAULT,
+            )))],
             broker: BrokerConfig::default(),
             kafka: KafkaConfig::default(),
             batching: BatchingConfig::default(),
@@ -136,13 +137,97 @@ impl Default for Config {
     }
 }
 
-/// One listening socket; TOML `[[listener]]`.
+/// One listening socket; TOML `[[listener]]`. With `tls_cert` and `tls_key` it speaks
+/// MQTT over TLS (1.2 or 1.3); the key names follow Mosquitto's.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table with a `bind` key")]
 pub struct ListenerConfig {
     /// IP address and port, e.g. `0.0.0.0:1883` or `[::]:1883`. Port 0 picks a free port.
     #[serde(deserialize_with = "deserialize_socket_addr")]
     pub bind: SocketAddr,
+    /// PEM file with the server's certificate chain, its own certificate first. With
+    /// `tls_key`, makes this a TLS listener.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file with the CA certificates that client certificates are verified against.
+    /// Setting it asks clients for a certificate; one that is given must verify.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: refuse clients that give no certificate. Default false: a
+    /// certificate is verified if given.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// With `tls_client_ca`: the client certificate's identity (subject Common Name, else
+    /// its first DNS or email Subject Alternative Name) becomes the user name, whatever the
+    /// CONNECT says; a client without one is refused as with a bad user name (CONNACK 0x86,
+    /// or 0x04 in 3.1.1).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind`.
+    pub fn new(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+        }
+    }
+
+    /// Whether connections to it start with a TLS handshake.
+    pub fn is_tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Checks that the TLS keys go together; the error starts with the key inside the
+    /// listener (`tls_key: ...`). The files themselves are read when the broker starts.
+    fn check_tls(&self) -> Result<(), String> {
+        let empty =
+            |path: &Option<PathBuf>| path.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        for (name, path) in [
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("tls_client_ca", &self.tls_client_ca),
+        ] {
+            if empty(path) {
+                return Err(format!("{name}: cannot be empty"));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err("tls_key: missing; tls_cert needs its private key".into())
+            }
+            (None, Some(_)) => {
+                return Err("tls_cert: missing; tls_key needs its certificate".into())
+            }
+            _ => {}
+        }
+        if !self.is_tls() && self.tls_client_ca.is_some() {
+            return Err("tls_client_ca: needs tls_cert and tls_key (a TLS listener)".into());
+        }
+        if self.tls_client_ca.is_none() {
+            if self.require_certificate {
+                return Err(
+                    "require_certificate: needs tls_client_ca to verify certificates against"
+                        .into(),
+                );
+            }
+            if self.use_identity_as_username {
+                return Err(
+                    "use_identity_as_username: needs tls_client_ca to verify certificates against"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Limits and capabilities of the broker; TOML `[broker]`. Every field is optional in the file
@@ -408,7 +493,11 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:1883; repeat for several. Replaces the file's
-    /// listeners. [default: 127.0.0.1:1883]
+    /// listeners, TLS ones too: TLS listeners are set in the file only, as [[listener]] with
+    /// bind, tls_cert, tls_key (PEM files) and optionally tls_client_ca (PEM CA bundle:
+    /// verify client certificates), require_certificate = true (refuse clients without
+    /// one), use_identity_as_username = true (the certificate's CN is the user name).
+    /// [default: 127.0.0.1:1883]
     #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
     /// CPUs to run one shard each on, e.g. 0,1 or 0-3,6. [default: every CPU the process
@@ -532,7 +621,7 @@ impl Config {
             self.listeners = args
                 .listen
                 .iter()
-                .map(|&bind| ListenerConfig { bind })
+                .map(|&bind| ListenerConfig::new(bind))
                 .collect();
         }
         let b = &mut self.broker;
@@ -627,6 +716,9 @@ impl Config {
                     listener.bind
                 )));
             }
+            listener
+                .check_tls()
+                .map_err(|e| ConfigError(format!("listener[{i}].{e}")))?;
         }
 
         let b = &self.broker;
@@ -1068,9 +1160,7 @@ mod tests {
         config.validate().expect("defaults valid");
         assert_eq!(
             config.listeners,
-            [ListenerConfig {
-                bind: addr("127.0.0.1:1883")
-            }]
+            [ListenerConfig::new(addr("127.0.0.1:1883"))]
         );
         assert_eq!(config.broker.packet_size_bytes_max, 1_048_576);
         assert_eq!(config.broker.session_expiry_secs_max, 604_800);
@@ -1303,12 +1393,7 @@ mod tests {
             .validate()
             .expect("largest packet MQTT can encode accepted");
         // Port 0 asks for any free port, so two such listeners do not collide.
-        config.listeners = vec![
-            ListenerConfig {
-                bind: addr("127.0.0.1:0")
-            };
-            2
-        ];
+        config.listeners = vec![ListenerConfig::new(addr("127.0.0.1:0")); 2];
         config.validate().expect("two port-0 listeners");
         config.batching.linger_us = 0;
         config.validate().expect("no linger");
@@ -1402,8 +1487,85 @@ mod tests {
         let error = parse("[[listener]]\nport = 5\n").unwrap_err().to_string();
         assert_eq!(
             error,
-            "test.toml:2:1: listener[0].port: unknown key `port`, expected `bind`"
+            "test.toml:2:1: listener[0].port: unknown key `port`, expected one of `bind`, \
+             `tls_cert`, `tls_key`, `tls_client_ca`, `require_certificate`, \
+             `use_identity_as_username`"
         );
+    }
+
+    #[test]
+    fn tls_listener_keys_parse_and_go_together() {
+        let config = parse(
+            "[[listener]]\nbind = \"0.0.0.0:8883\"\ntls_cert = \"/etc/ferrymq/server.pem\"\n\
+             tls_key = \"/etc/ferrymq/server.key\"\ntls_client_ca = \"/etc/ferrymq/ca.pem\"\n\
+             require_certificate = true\nuse_identity_as_username = true\n",
+        )
+        .expect("TLS listener parses");
+        config.validate().expect("TLS listener valid");
+        let listener = &config.listeners[0];
+        assert!(listener.is_tls());
+        assert_eq!(
+            listener.tls_key.as_deref(),
+            Some(Path::new("/etc/ferrymq/server.key"))
+        );
+        assert!(listener.require_certificate && listener.use_identity_as_username);
+        assert!(!ListenerConfig::new(addr("127.0.0.1:1883")).is_tls());
+
+        let tls = || {
+            let mut listener = ListenerConfig::new(addr("127.0.0.1:8883"));
+            listener.tls_cert = Some("cert.pem".into());
+            listener.tls_key = Some("key.pem".into());
+            listener
+        };
+        type Change = fn(&mut ListenerConfig);
+        let cases: [(Change, &str); 7] = [
+            (
+                |l| l.tls_key = None,
+                "listener[1].tls_key: missing; tls_cert needs its private key",
+            ),
+            (
+                |l| l.tls_cert = None,
+                "listener[1].tls_cert: missing; tls_key needs its certificate",
+            ),
+            (
+                |l| l.tls_cert = Some("".into()),
+                "listener[1].tls_cert: cannot be empty",
+            ),
+            (
+                |l| {
+                    l.tls_cert = None;
+                    l.tls_key = None;
+                    l.tls_client_ca = Some("ca.pem".into());
+                },
+                "listener[1].tls_client_ca: needs tls_cert and tls_key (a TLS listener)",
+            ),
+            (
+                |l| l.require_certificate = true,
+                "listener[1].require_certificate: needs tls_client_ca to verify \
+                 certificates against",
+            ),
+            (
+                |l| l.use_identity_as_username = true,
+                "listener[1].use_identity_as_username: needs tls_client_ca to verify \
+                 certificates against",
+            ),
+            (
+                |l| {
+                    l.tls_cert = None;
+                    l.tls_key = None;
+                    l.require_certificate = true;
+                },
+                "listener[1].require_certificate: needs tls_client_ca to verify \
+                 certificates against",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut config = Config::default();
+            let mut listener = tls();
+            change(&mut listener);
+            config.listeners.push(listener);
+            assert_eq!(config.validate().unwrap_err().to_string(), expected);
+        }
     }
 
     #[test]

@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod spool;
+pub mod tls;

@@ -1,18 +1,21 @@
-//! From accept to a served connection: read the CONNECT within the connect timeout, refuse
-//! what the specification says to refuse, then serve the client on the shard that owns its
-//! client id, handing the socket over if that is another shard.
+//! From accept to a served connection: on a TLS listener the handshake, then read the
+//! CONNECT, both within the connect timeout; refuse what the specification says to refuse,
+//! then serve the client on the shard that owns its client id, handing the socket (and TLS
+//! session) over if that is another shard.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{
-    ConnAck, Connect, DecodeError, Decoder, Encode, Packet, Protocol, ReasonCode,
+    ConnAck, Connect, DecodeError, Decoder, Encode, MqttStr, Packet, Protocol, ReasonCode,
     PACKET_SIZE_BYTES_MAX,
 };
-use crate::runtime::{self, SharedStream, TcpListener, TcpStream};
+use crate::runtime::{self, SharedStream, Stream, TcpListener, TcpStream};
+use crate::tls::{self, HandshakeFailure, TlsListener};
 
 use super::connection::{write_loop, Connection};
 use super::link::{read_more, Link, READ_CHUNK_BYTES};
@@ -24,7 +27,8 @@ use super::stats::ShardStats;
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY_MS: u64 = 10;
 
-pub async fn accept_loop(shard: ShardRef, listener: TcpListener) {
+/// Accepts connections on `listener`; `tls` for a TLS listener.
+pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc<TlsListener>>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -43,7 +47,7 @@ pub async fn accept_loop(shard: ShardRef, listener: TcpListener) {
         }
         ShardStats::incr(&shard.stats.connections_accepted);
         let _ = stream.set_nodelay(true);
-        runtime::spawn(handle_accepted(shard.clone(), stream));
+        runtime::spawn(handle_accepted(shard.clone(), stream, tls.clone()));
     }
 }
 
@@ -105,13 +109,59 @@ async fn refuse(stream: SharedStream, protocol: Protocol, reason: ReasonCode) {
     runtime::shutdown_shared(&stream);
 }
 
-async fn handle_accepted(shard: ShardRef, stream: TcpStream) {
-    let stream = runtime::share(stream);
+/// Runs the TLS handshake on `tcp` within `limit`: the stream and the verified client
+/// certificate's identity, or None (counted and logged) when the handshake failed.
+async fn handshake(
+    shard: &ShardRef,
+    tcp: TcpStream,
+    tls: &TlsListener,
+    limit: Duration,
+) -> Option<(Stream, Option<String>)> {
+    let peer = tcp.peer_addr().ok();
+    let result =
+        runtime::timeout(limit, runtime::tls::accept(tcp, tls.server_config.clone())).await;
+    let error = match result {
+        Some(Ok(stream)) => {
+            ShardStats::incr(&shard.stats.tls_handshakes);
+            let identity = stream
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|certificate| tls::certificate_identity(certificate));
+            return Some((Stream::from(stream), identity));
+        }
+        Some(Err(error)) => Some(error),
+        None => None,
+    };
+    ShardStats::incr(&shard.stats.tls_handshake_failures);
+    match &error {
+        Some(error) => {
+            tls::log_handshake_failure(&tls.label, peer, HandshakeFailure::of(error), Some(error))
+        }
+        None => tls::log_handshake_failure(&tls.label, peer, HandshakeFailure::Timeout, None),
+    }
+    None
+}
+
+async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsListener>>) {
     let config = shard.config.clone();
+    let accepted_at = Instant::now();
+    // One limit from accept to a complete CONNECT, handshake included.
+    let limit = Duration::from_millis(config.connect_timeout_ms);
+    let (stream, cert_identity) = match &tls {
+        None => (Stream::from(tcp), None),
+        Some(tls) => match handshake(&shard, tcp, tls, limit).await {
+            Some(accepted) => accepted,
+            None => {
+                shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
+    let stream = runtime::share(stream);
     let mut decoder = Decoder::server(config.packet_size_bytes_max);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let deadline = Duration::from_millis(config.connect_timeout_ms);
-    let read = runtime::timeout(deadline, read_connect(&stream, &mut decoder, &mut buf)).await;
+    let left = limit.saturating_sub(accepted_at.elapsed());
+    let read = runtime::timeout(left, read_connect(&stream, &mut decoder, &mut buf)).await;
     let mut connect = match read {
         // No CONNECT in time, or the peer left: close without a word.
         None | Some(Err(ConnectFailure::Closed)) => {
@@ -151,9 +201,32 @@ async fn handle_accepted(shard: ShardRef, stream: TcpStream) {
         refuse(stream, protocol, ReasonCode::BadAuthenticationMethod).await;
         return;
     }
+    if tls.as_ref().is_some_and(|tls| tls.use_identity_as_username) {
+        // The certificate, not the CONNECT, names the user; a client without a usable
+        // identity gets what a bad user name gets (Mosquitto does the same).
+        let identity = cert_identity.as_ref().and_then(|identity| {
+            MqttStr::from_bytes(Bytes::copy_from_slice(identity.as_bytes()), "user name").ok()
+        });
+        match identity {
+            Some(identity) => connect.username = Some(identity),
+            None => {
+                shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+                refuse(stream, protocol, ReasonCode::BadUserNameOrPassword).await;
+                return;
+            }
+        }
+    }
     let owner = shard_for(connect.client_id.as_bytes(), shard.count);
     if owner == shard.id {
-        serve(shard, stream, connect, buf, assigned_client_id).await;
+        serve(
+            shard,
+            stream,
+            connect,
+            buf,
+            assigned_client_id,
+            cert_identity,
+        )
+        .await;
         return;
     }
     ShardStats::incr(&shard.stats.connections_handed_off);
@@ -161,12 +234,13 @@ async fn handle_accepted(shard: ShardRef, stream: TcpStream) {
         unreachable!("only this task holds the socket before the hand-off");
     };
     match runtime::detach_stream(stream) {
-        Ok(fd) => {
+        Ok(stream) => {
             let handoff = ShardMessage::Handoff {
-                fd,
+                stream,
                 connect,
                 buffered: buf,
                 assigned_client_id,
+                cert_identity,
             };
             let _ = shard.senders.send(owner, handoff).await;
         }
@@ -177,12 +251,14 @@ async fn handle_accepted(shard: ShardRef, stream: TcpStream) {
 }
 
 /// Serves a client whose session this shard owns, from its CONNECT to the end.
+/// `cert_identity`: see [`Link::cert_identity`].
 pub async fn serve(
     shard: ShardRef,
     stream: SharedStream,
     mut connect: Box<Connect>,
     mut buf: BytesMut,
     assigned_client_id: bool,
+    cert_identity: Option<String>,
 ) {
     let protocol = connect.protocol;
     let client_packet_size_max = connect
@@ -221,6 +297,7 @@ pub async fn serve(
     let username = connect.username.clone();
     let mut link = Link::new(shard, connection, client_id, protocol, keep_alive_secs);
     link.username = username;
+    link.cert_identity = cert_identity;
     link.connect_session_expiry_zero =
         connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
     let exit = link.run(&stream, &mut decoder, &mut buf).await;

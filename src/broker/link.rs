@@ -78,8 +78,16 @@ pub struct Link {
     /// The CONNECT had no (or a zero) Session Expiry Interval, whatever was granted: then a
     /// non-zero one in DISCONNECT is a Protocol Error (3.14.2.2.2).
     pub connect_session_expiry_zero: bool,
-    /// From CONNECT, for Kafka key/topic templates and headers.
+    /// From CONNECT, for Kafka key/topic templates and headers. On a listener with
+    /// `use_identity_as_username`, the client certificate's identity instead.
     pub username: Option<MqttStr>,
+    /// The identity of the client certificate verified in the TLS handshake, for
+    /// authentication and authorization: its subject Common Name or, without one, its first
+    /// DNS or email Subject Alternative Name (`crate::tls::certificate_identity`). None on
+    /// plain TCP, when the client gave no certificate, or when the certificate has none of
+    /// these names. A client's certificate is only asked for on listeners with
+    /// `tls_client_ca`, and only a verified one gets here.
+    pub cert_identity: Option<String>,
 }
 
 impl Link {
@@ -101,6 +109,7 @@ impl Link {
             keep_alive_secs,
             connect_session_expiry_zero: true,
             username: None,
+            cert_identity: None,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
 use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{self, ShardEnv};
 use crate::spool::log::{self as spool_log, SpoolLog};
+use crate::tls::TlsListener;
 
 use super::connect::{accept_loop, serve};
 use super::message::Message;
@@ -54,9 +55,10 @@ pub fn run(config: Config) -> io::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
-    for addr in &listeners {
+    for (addr, tls) in &listeners {
+        let tls = if tls.is_some() { " (TLS)" } else { "" };
         println!(
-            "ferrymq: listening on {addr} with {} shards (CPUs {cpus:?})",
+            "ferrymq: listening on {addr}{tls} with {} shards (CPUs {cpus:?})",
             cpus.len()
         );
     }
@@ -243,18 +245,26 @@ fn start_kafka_producers(config: &Config, shard_count: usize) -> io::Result<Vec<
     Ok(sets)
 }
 
+/// A listener as every shard binds it: its address, and its TLS setup for a TLS listener.
+type Listener = (SocketAddr, Option<Arc<TlsListener>>);
+
 /// Port 0 means "any free port"; every shard must bind the same one, so it is chosen once
-/// here.
-fn resolve_listeners(config: &Config) -> io::Result<Vec<SocketAddr>> {
+/// here. TLS listeners read their certificate and key files here, once for all shards; a
+/// file that cannot be used is a config error naming the key and the file.
+fn resolve_listeners(config: &Config) -> io::Result<Vec<Listener>> {
     config
         .listeners
         .iter()
-        .map(|listener| {
+        .enumerate()
+        .map(|(index, listener)| {
             let mut addr = listener.bind;
             if addr.port() == 0 {
                 addr = std::net::TcpListener::bind(addr)?.local_addr()?;
             }
-            Ok(addr)
+            let tls = crate::tls::listener(index, listener, addr)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .map(Arc::new);
+            Ok((addr, tls))
         })
         .collect()
 }
@@ -264,7 +274,7 @@ async fn shard_main(
     shard_config: Arc<ShardConfig>,
     board: Arc<Board>,
     producers: ShardProducers,
-    listeners: Vec<SocketAddr>,
+    listeners: Vec<Listener>,
     connections_open: Arc<AtomicUsize>,
     shutting_down: Arc<AtomicBool>,
 ) {
@@ -330,9 +340,9 @@ async fn shard_main(
         producers.reports.listen(),
     ));
     runtime::spawn(kafka_linger_loop(shard.clone()));
-    for addr in listeners {
+    for (addr, tls) in listeners {
         match runtime::bind(addr) {
-            Ok(listener) => runtime::spawn(accept_loop(shard.clone(), listener)),
+            Ok(listener) => runtime::spawn(accept_loop(shard.clone(), listener, tls)),
             Err(error) => {
                 eprintln!("ferrymq: listener.bind: cannot listen on {addr}: {error}");
                 std::process::exit(1);
@@ -369,18 +379,20 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
     let now = Instant::now();
     match message {
         ShardMessage::Handoff {
-            fd,
+            stream,
             connect,
             buffered,
             assigned_client_id,
+            cert_identity,
         } => {
-            let stream = runtime::share(runtime::adopt_stream(fd));
+            let stream = runtime::share(runtime::adopt_stream(stream));
             runtime::spawn(serve(
                 shard.clone(),
                 stream,
                 connect,
                 buffered,
                 assigned_client_id,
+                cert_identity,
             ));
         }
         ShardMessage::Publish(message) => {

@@ -1,23 +1,23 @@
 //! What shards tell each other over their bounded channels.
 
-use std::os::fd::OwnedFd;
-
 use bytes::BytesMut;
 
 use crate::protocol::Connect;
-use crate::runtime::ShardId;
+use crate::runtime::{DetachedStream, ShardId};
 
 use super::message::Message;
 use super::stats::StatsSnapshot;
 
 pub enum ShardMessage {
-    /// A connection whose client id the receiving shard owns, with its CONNECT and the
-    /// bytes read after it.
+    /// A connection whose client id the receiving shard owns (its socket, with the TLS
+    /// session for TLS), with its CONNECT and the bytes read after it.
     Handoff {
-        fd: OwnedFd,
+        stream: DetachedStream,
         connect: Box<Connect>,
         buffered: BytesMut,
         assigned_client_id: bool,
+        /// The verified client certificate's identity (see `Link::cert_identity`).
+        cert_identity: Option<String>,
     },
     /// Deliver to the receiver's ordinary subscribers of the topic.
     Publish(Message),

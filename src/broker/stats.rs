@@ -45,6 +45,11 @@ counters! {
     connections_handed_off,
     /// Connections closed for a protocol error or a malformed packet.
     protocol_errors,
+    /// TLS handshakes completed on TLS listeners.
+    tls_handshakes,
+    /// TLS handshakes that failed or timed out (the log says why, for the first of each
+    /// kind every few seconds).
+    tls_handshake_failures,
     messages_received,
     messages_sent,
     bytes_received,

@@ -1,6 +1,8 @@
 //! The thin seam over glommio: shards (executors pinned to CPUs), the bounded channels
-//! between them, tasks, timers and TCP. Nothing outside this folder names glommio, so a
-//! move to another io_uring runtime touches only this file.
+//! between them, tasks, timers, TCP and TLS over it (`tls.rs`). Nothing outside this folder
+//! names glommio, so a move to another io_uring runtime touches only this folder.
+
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -151,66 +153,145 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Detaches the socket of `stream` so that another shard can adopt it with
-/// [`adopt_stream`]; the local handle is closed.
-pub fn detach_stream(stream: TcpStream) -> io::Result<OwnedFd> {
+/// A connection's socket: plain TCP, or TLS after its handshake. An enum rather than a
+/// trait object, so that a plain connection pays one branch per read or write and no
+/// allocation; the TLS session is boxed so that plain connections do not carry its size.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tls::TlsStream>),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(stream: TcpStream) -> Stream {
+        Stream::Plain(stream)
+    }
+}
+
+impl From<tls::TlsStream> for Stream {
+    fn from(stream: tls::TlsStream) -> Stream {
+        Stream::Tls(Box::new(stream))
+    }
+}
+
+impl Stream {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Plain(stream) => stream.as_raw_fd(),
+            Stream::Tls(stream) => stream.fd(),
+        }
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use futures_lite::AsyncRead;
+        match self {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => stream.poll_read(cx, buf),
+        }
+    }
+
+    /// Writes all of `bytes`, advancing it past what was written.
+    fn poll_write_all(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bytes: &mut &[u8],
+    ) -> std::task::Poll<io::Result<()>> {
+        use futures_lite::AsyncWrite;
+        use std::task::Poll;
+        match self {
+            Stream::Plain(stream) => {
+                while !bytes.is_empty() {
+                    match std::pin::Pin::new(&mut *stream).poll_write(cx, bytes) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(written)) => *bytes = &bytes[written..],
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Stream::Tls(stream) => stream.poll_write_all(cx, bytes),
+        }
+    }
+}
+
+/// A connection on its way to another shard: the socket, and for TLS the session (keys,
+/// sequence numbers, decrypted bytes not yet read, records not yet sent). `Send`.
+pub struct DetachedStream {
+    fd: OwnedFd,
+    tls: Option<Box<rustls::ServerConnection>>,
+}
+
+/// Detaches the socket of `stream` (and its TLS session) so that another shard can adopt it
+/// with [`adopt_stream`]; the local handle is closed.
+pub fn detach_stream(stream: Stream) -> io::Result<DetachedStream> {
+    let (tcp, tls) = match stream {
+        Stream::Plain(tcp) => (tcp, None),
+        Stream::Tls(stream) => {
+            let (tcp, session) = stream.into_parts();
+            (tcp, Some(Box::new(session)))
+        }
+    };
     // SAFETY: dup returns a new descriptor we own; the stream closes the original.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    let fd = unsafe { libc::dup(tcp.as_raw_fd()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    drop(stream);
-    // SAFETY: fd is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    drop(tcp);
+    Ok(DetachedStream {
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        tls,
+    })
 }
 
-/// Wraps a socket detached on another shard for I/O on this one.
-pub fn adopt_stream(fd: OwnedFd) -> TcpStream {
+/// Wraps a connection detached on another shard for I/O on this one.
+pub fn adopt_stream(detached: DetachedStream) -> Stream {
     use std::os::fd::IntoRawFd;
     // SAFETY: the descriptor is a connected TCP socket that we own.
-    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
-}
-
-/// One socket used by two tasks of a shard: one reads while the other writes. glommio
-/// keeps separate read and write wake-ups per stream, and each poll borrows the stream
-/// only for the poll itself, so the two never hold it across an await. One descriptor per
-/// connection: the open-files limit is the connection limit.
-pub type SharedStream = std::rc::Rc<std::cell::RefCell<TcpStream>>;
-
-pub fn share(stream: TcpStream) -> SharedStream {
-    std::rc::Rc::new(std::cell::RefCell::new(stream))
-}
-
-/// Reads into `buf`; `Ok(0)` at end of stream.
-pub async fn read_shared(stream: &SharedStream, buf: &mut [u8]) -> io::Result<usize> {
-    use futures_lite::AsyncRead;
-    futures_lite::future::poll_fn(|cx| {
-        std::pin::Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)
-    })
-    .await
-}
-
-/// Writes all of `bytes`.
-pub async fn write_all_shared(stream: &SharedStream, mut bytes: &[u8]) -> io::Result<()> {
-    use futures_lite::AsyncWrite;
-    while !bytes.is_empty() {
-        let written = futures_lite::future::poll_fn(|cx| {
-            std::pin::Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[written..];
+    let tcp = unsafe { TcpStream::from_raw_fd(detached.fd.into_raw_fd()) };
+    match detached.tls {
+        None => Stream::Plain(tcp),
+        Some(session) => Stream::from(tls::TlsStream::from_parts(tcp, *session)),
     }
-    Ok(())
 }
 
-/// Shuts both directions down at once: the other task's pending read or write ends.
+/// One connection used by two tasks of a shard: one reads while the other writes. glommio
+/// keeps separate read and write wake-ups per stream, and each poll borrows the stream
+/// only for the poll itself, so the two never hold it across an await (for TLS, see
+/// `tls.rs` for how the session keeps the two wake-ups apart). One descriptor per
+/// connection: the open-files limit is the connection limit.
+pub type SharedStream = std::rc::Rc<std::cell::RefCell<Stream>>;
+
+pub fn share(stream: impl Into<Stream>) -> SharedStream {
+    std::rc::Rc::new(std::cell::RefCell::new(stream.into()))
+}
+
+/// Reads into `buf` (decrypted, for TLS); `Ok(0)` at end of stream.
+pub async fn read_shared(stream: &SharedStream, buf: &mut [u8]) -> io::Result<usize> {
+    futures_lite::future::poll_fn(|cx| stream.borrow_mut().poll_read(cx, buf)).await
+}
+
+/// Writes all of `bytes` (encrypted, for TLS).
+pub async fn write_all_shared(stream: &SharedStream, mut bytes: &[u8]) -> io::Result<()> {
+    futures_lite::future::poll_fn(|cx| stream.borrow_mut().poll_write_all(cx, &mut bytes)).await
+}
+
+/// Shuts both directions down at once: the other task's pending read or write ends. A TLS
+/// connection first sends close_notify, if the socket takes it without waiting.
 pub fn shutdown_shared(stream: &SharedStream) {
+    let mut stream = stream.borrow_mut();
+    if let Stream::Tls(tls) = &mut *stream {
+        tls.close();
+    }
     // SAFETY: shutdown on a descriptor the stream owns; it stays open until dropped.
     unsafe {
-        libc::shutdown(stream.borrow().as_raw_fd(), libc::SHUT_RDWR);
+        libc::shutdown(stream.fd(), libc::SHUT_RDWR);
     }
 }
 

@@ -191,3 +191,76 @@ impl Drop for Broker {
         }
     }
 }
+
+impl Broker {
+    /// Starts `ferrymq --config FILE --cores ...` without `--listen`, FILE being a plain
+    /// listener on 127.0.0.1 (listener[0], the port waited on and in [`Broker::port`])
+    /// followed by `config`: more `[[listener]]` tables (TLS ones, say) and any other
+    /// table. Keeps what the broker writes to stderr for [`Broker::stderr_text`].
+    pub fn start_with_config(config: &str, args: &[&str]) -> Broker {
+        let port = free_port();
+        let path =
+            std::env::temp_dir().join(format!("ferrymq-test-{}-{port}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("[[listener]]\nbind = \"127.0.0.1:{port}\"\n\n{config}"),
+        )
+        .expect("write config file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--cores")
+            .arg(cores_arg())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferrymq");
+        let broker = Broker::wait_started(child, port);
+        // Read at start only.
+        let _ = std::fs::remove_file(&path);
+        broker
+    }
+
+    /// Echoes and keeps `child`'s stderr, waits for its "listening" line and for `port` to
+    /// answer.
+    fn wait_started(mut child: Child, port: u16) -> Broker {
+        let pipe = child.stderr.take().expect("stderr piped");
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        if !first.contains("listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("ferrymq did not start: {first:?}\n{}", text.lock().unwrap());
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferrymq is not accepting on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Both shards bind the port; give the second a moment after the first answers.
+        std::thread::sleep(Duration::from_millis(100));
+        Broker {
+            child: Some(child),
+            port,
+            stderr: Some(text),
+        }
+    }
+}
