@@ -12,6 +12,7 @@
 //!   --fixed-rate R      also measure latency and broker CPU at R msg/s
 //!   --ack kafka|none    the mapping's ack mode (default kafka; none for comparison)
 //!   --quick             fewer messages          --write   update BENCHMARKS.md
+//!   --json FILE         also write every run's figures as JSON (scripts/bench reads it)
 //!   --sweep             batching settings table for tuning.md (QoS 1 and latency only)
 //!
 //! Each run starts the release `ferrymq` binary (cargo builds it for benches:
@@ -103,6 +104,7 @@ struct Options {
     write: bool,
     quick: bool,
     sweep: bool,
+    json: Option<PathBuf>,
 }
 
 impl Options {
@@ -123,6 +125,7 @@ impl Options {
             write: false,
             quick: false,
             sweep: false,
+            json: None,
         };
         let mut args = std::env::args().skip(1);
         fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
@@ -151,6 +154,7 @@ impl Options {
                 "--write" => o.write = true,
                 "--quick" => o.quick = true,
                 "--sweep" => o.sweep = true,
+                "--json" => o.json = Some(value(&arg, args.next())?),
                 "-h" | "--help" => {
                     let text = include_str!("mqtt_to_kafka.rs");
                     for line in text.lines().take_while(|l| l.starts_with("//!")) {
@@ -1229,6 +1233,34 @@ fn run_once(options: &Options, kafka: &Kafka, full: bool) -> RunResult {
 // ---------------------------------------------------------------------------------------
 // Reporting
 
+/// Every run's figures as a JSON array of objects (CPU in seconds per record, latency in µs).
+fn runs_json(runs: &[RunResult]) -> String {
+    let objects: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let fields = [
+                ("qos1_rate", r.qos1_rate),
+                ("qos1_broker_cpu_secs_per_record", r.qos1_broker_cpu),
+                ("qos0_rate", r.qos0_rate),
+                ("qos0_broker_cpu_secs_per_record", r.qos0_broker_cpu),
+                ("latency_rate", r.latency_rate),
+                ("p50_us", r.p50_us),
+                ("p99_us", r.p99_us),
+                ("bare_rate", r.bare_rate),
+                ("bare_process_cpu_secs_per_record", r.bare_process_cpu),
+                ("bare_thread_cpu_secs_per_record", r.bare_thread_cpu),
+                ("bare_p99_us", r.bare_p99_us),
+            ];
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(name, value)| format!("\"{name}\": {value:e}"))
+                .collect();
+            format!("{{{}}}", body.join(", "))
+        })
+        .collect();
+    format!("[{}]\n", objects.join(",\n"))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
@@ -1550,6 +1582,12 @@ fn main() {
             cpu_us(r.bare_process_cpu),
         );
         runs.push(r);
+    }
+    if let Some(path) = &options.json {
+        if let Err(e) = std::fs::write(path, runs_json(&runs)) {
+            eprintln!("mqtt_to_kafka: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
     }
     let section = format!("{}\n\n{}", header(&options), table(&runs));
     println!("\n{section}");
