@@ -458,10 +458,16 @@ impl Driver {
     }
 
     fn fire_timers(&mut self, now: u64) {
+        // At most the timers queued when this pass began: a step that arms its timer again
+        // for `now` (a device behind its schedule whose socket is full) waits for the next
+        // turn, after the sockets were polled. Without the bound the pass never ends and no
+        // socket is read again (seen against Mosquitto at saturation).
+        let mut budget = self.timers.len();
         while let Some(&Reverse((when, slot))) = self.timers.peek() {
-            if when > now {
+            if when > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.timers.pop();
             let s = &mut self.slots[slot];
             if s.timer_us != when {
