@@ -88,6 +88,8 @@ pub struct Config {
     pub batching: BatchingConfig,
     /// The on-disk log behind `ack = "durable"`; TOML `[spool]`.
     pub spool: SpoolConfig,
+    /// Password and ACL files in Mosquitto's formats; TOML `[auth]`.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// The per-shard durable log; TOML `[spool]`. Used only by `ack = "durable"` mappings.
@@ -133,6 +135,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             batching: BatchingConfig::default(),
             spool: SpoolConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -286,6 +289,14 @@ pub struct BrokerConfig {
     /// (`/healthz`, `/readyz`); none by default.
     #[serde(deserialize_with = "deserialize_optional_socket_addr")]
     pub metrics_bind: Option<SocketAddr>,
+    /// Subscriptions one client may hold; one more gets SUBACK 0x97 Quota exceeded (0x80 in
+    /// 3.1.1). 0: no limit. 1000 is far beyond a device's needs and bounds the routing
+    /// entries a hostile client can make.
+    pub subscriptions_per_client_max: usize,
+    /// PUBLISHes per second one client may send; a faster client is not read until it is
+    /// back under the rate (its TCP window fills: backpressure, nothing dropped). 0: no
+    /// limit (the default: the Kafka rings and spool already push back on floods).
+    pub publish_rate_max: u32,
 }
 
 impl Default for BrokerConfig {
@@ -307,6 +318,8 @@ impl Default for BrokerConfig {
             inter_shard_channel_capacity: 4096,
             sys_interval_secs: 10,
             metrics_bind: None,
+            subscriptions_per_client_max: 1000,
+            publish_rate_max: 0,
         }
     }
 }
@@ -548,6 +561,13 @@ pub struct BrokerArgs {
     /// broker.metrics_bind. [default: none]
     #[arg(long = "metrics", value_name = "ADDR")]
     pub metrics_bind: Option<SocketAddr>,
+    /// Subscriptions one client may hold; 0: no limit. [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub subscriptions_per_client_max: Option<usize>,
+    /// PUBLISHes per second one client may send (a faster one is read more slowly); 0: no
+    /// limit. [default: 0]
+    #[arg(long, value_name = "N")]
+    pub publish_rate_max: Option<u32>,
     /// Records per Kafka batch; TOML batching.max_messages. [default: 512]
     #[arg(long = "batch-max-messages", value_name = "N")]
     pub batch_max_messages: Option<usize>,
@@ -575,6 +595,20 @@ pub struct BrokerArgs {
     /// [default: 1073741824]
     #[arg(long = "spool-max-bytes", value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// Password file in mosquitto_passwd's format (make one with `ferrymq passwd`); clients
+    /// then need a user name and password. Reloaded on SIGHUP. TOML auth.password_file.
+    /// [default: none]
+    #[arg(long = "password-file", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's acl_file format (user, topic, pattern with %c and %u);
+    /// without one every client may publish and subscribe to everything. Reloaded on
+    /// SIGHUP. TOML auth.acl_file. [default: none]
+    #[arg(long = "acl-file", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without a user name may connect; TOML auth.allow_anonymous.
+    /// [default: false with a password file, true without]
+    #[arg(long = "allow-anonymous", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A configuration error, one line, naming the key as written in TOML.
@@ -647,6 +681,8 @@ impl Config {
             inter_shard_channel_capacity,
             sys_interval_secs,
             metrics_bind,
+            subscriptions_per_client_max,
+            publish_rate_max,
             batch_max_messages,
             batch_max_bytes,
             batch_linger_us,
@@ -655,6 +691,9 @@ impl Config {
             spool_sync_us,
             spool_sync_bytes,
             spool_max_bytes,
+            ref password_file,
+            ref acl_file,
+            allow_anonymous,
         } = *args;
         fn set<T>(field: &mut T, flag: Option<T>) {
             if let Some(value) = flag {
@@ -683,6 +722,11 @@ impl Config {
             inter_shard_channel_capacity,
         );
         set(&mut b.sys_interval_secs, sys_interval_secs);
+        set(
+            &mut b.subscriptions_per_client_max,
+            subscriptions_per_client_max,
+        );
+        set(&mut b.publish_rate_max, publish_rate_max);
         if metrics_bind.is_some() {
             b.metrics_bind = metrics_bind;
         }
@@ -696,6 +740,16 @@ impl Config {
         set(&mut p.sync_us, spool_sync_us);
         set(&mut p.sync_bytes, spool_sync_bytes);
         set(&mut p.max_bytes, spool_max_bytes);
+        let a = &mut self.auth;
+        if password_file.is_some() {
+            a.password_file = password_file.clone();
+        }
+        if acl_file.is_some() {
+            a.acl_file = acl_file.clone();
+        }
+        if allow_anonymous.is_some() {
+            a.allow_anonymous = allow_anonymous;
+        }
     }
 
     /// Checks every value against its bounds; the error names the first key out of bounds.
@@ -780,6 +834,15 @@ impl Config {
         at_least("spool.max_bytes", p.max_bytes, p.segment_bytes)?;
         if p.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("spool.data_dir: cannot be empty".into()));
+        }
+        // The files are read now, so that a broken line stops the start (SIGHUP reloads
+        // them later; a broken reload keeps the files in use).
+        if let Some(path) = &self.auth.password_file {
+            crate::auth::PasswordFile::load(path)
+                .map_err(|e| ConfigError(format!("auth.password_file: {e}")))?;
+        }
+        if let Some(path) = &self.auth.acl_file {
+            crate::auth::Acl::load(path).map_err(|e| ConfigError(format!("auth.acl_file: {e}")))?;
         }
         Ok(())
     }
@@ -1255,7 +1318,18 @@ mod tests {
             "--batch-linger-us=15",
             "--ring-capacity-batches=16",
             "--metrics=127.0.0.1:9100",
+            "--subscriptions-per-client-max=17",
+            "--publish-rate-max=18",
+            "--password-file=/p",
+            "--acl-file=/a",
+            "--allow-anonymous=true",
         ]));
+        let auth = crate::auth::AuthConfig {
+            password_file: Some(PathBuf::from("/p")),
+            acl_file: Some(PathBuf::from("/a")),
+            allow_anonymous: Some(true),
+        };
+        assert_eq!(config.auth, auth);
         let batching = BatchingConfig {
             max_messages: 13,
             max_bytes: 14,
@@ -1279,6 +1353,8 @@ mod tests {
             inter_shard_channel_capacity: 11,
             sys_interval_secs: 12,
             metrics_bind: Some("127.0.0.1:9100".parse().unwrap()),
+            subscriptions_per_client_max: 17,
+            publish_rate_max: 18,
         };
         assert_eq!(config.broker, expected);
     }
@@ -1466,7 +1542,7 @@ mod tests {
         assert_eq!(
             error,
             "test.toml:1:2: kafkaa: unknown key `kafkaa`, expected one of `listener`, \
-             `broker`, `kafka`, `batching`, `spool`"
+             `broker`, `kafka`, `batching`, `spool`, `auth`"
         );
         let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
         assert_eq!(
@@ -1649,6 +1725,17 @@ mod tests {
             ),
             ("sys_interval_secs", d.sys_interval_secs.to_string()),
             ("metrics_bind", "none".to_string()),
+            (
+                "subscriptions_per_client_max",
+                d.subscriptions_per_client_max.to_string(),
+            ),
+            ("publish_rate_max", d.publish_rate_max.to_string()),
+            ("password_file", "none".to_string()),
+            ("acl_file", "none".to_string()),
+            (
+                "allow_anonymous",
+                "false with a password file, true without".to_string(),
+            ),
             ("batch_max_messages", g.max_messages.to_string()),
             ("batch_max_bytes", g.max_bytes.to_string()),
             ("batch_linger_us", g.linger_us.to_string()),

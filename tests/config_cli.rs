@@ -241,9 +241,9 @@ fn file_errors_name_file_line_and_key() {
         ),
         ("[broker]\nconnections_max = \n", ":2:19: "),
         (
-            "[auth]\npassword_file = \"/etc/ferrymq/passwd\"\n",
-            ":1:2: auth: unknown key `auth`, expected one of `listener`, `broker`, `kafka`, \
-             `batching`, `spool`",
+            "[acl]\nfile = \"/etc/ferrymq/acl\"\n",
+            ":1:2: acl: unknown key `acl`, expected one of `listener`, `broker`, `kafka`, \
+             `batching`, `spool`, `auth`",
         ),
         (
             "[kafka.clusters.main]\nbootstrap = \"k:9092\"\nconfig = { \"acks\" = [1] }\n",

@@ -307,8 +307,9 @@ impl Authenticator {
     }
 }
 
-/// Which files to load and the anonymous setting.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which files to load and the anonymous setting; TOML `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct AuthConfig {
     /// A `mosquitto_passwd` file; `None`: no password checks.
     pub password_file: Option<PathBuf>,
@@ -343,6 +344,12 @@ impl AuthSnapshot {
             Authenticator::new(passwords, config.allow_anonymous),
             acl,
         ))
+    }
+
+    /// No files: everyone may connect, publish and subscribe (generation 1, as
+    /// [`AuthStore::open`]).
+    pub fn open() -> AuthSnapshot {
+        AuthSnapshot::from_parts(1, Authenticator::new(None, None), None)
     }
 
     /// A snapshot from parts already loaded (tests, or files read elsewhere).
@@ -412,6 +419,11 @@ impl AuthStore {
             generation: AtomicU64::new(1),
             reloading: Mutex::new(()),
         })
+    }
+
+    /// No files: everyone may connect, publish and subscribe.
+    pub fn open() -> AuthStore {
+        AuthStore::load(AuthConfig::default()).expect("no files to read")
     }
 
     pub fn config(&self) -> &AuthConfig {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::{AuthDecision, ClientIdentity, Credentials, DenyReason};
 use crate::protocol::{
     ConnAck, Connect, DecodeError, Decoder, Encode, MqttStr, Packet, Protocol, ReasonCode,
     PACKET_SIZE_BYTES_MAX,
@@ -43,6 +44,7 @@ pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc
         let open = shard.connections_open.fetch_add(1, Ordering::Relaxed);
         if open >= shard.config.connections_max {
             shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+            ShardStats::incr(&shard.stats.connections_refused_max);
             continue; // dropping the stream closes it
         }
         ShardStats::incr(&shard.stats.connections_accepted);
@@ -216,6 +218,12 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
             }
         }
     }
+    if let Err(reason) = authorize_connect(&shard, &connect, cert_identity.as_deref(), &tls) {
+        ShardStats::incr(&shard.stats.auth_failures);
+        shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        refuse(stream, protocol, reason).await;
+        return;
+    }
     let owner = shard_for(connect.client_id.as_bytes(), shard.count);
     if owner == shard.id {
         serve(
@@ -250,6 +258,40 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     }
 }
 
+/// Authentication and the will's ACL check, on the accepting shard before any session is
+/// touched: the CONNACK refusal code for a client that may not connect [MQTT-3.1.4-2].
+/// A 3.1.1 client gets return code 4 or 5 for it (ConnAck encodes the 5.0 code down).
+fn authorize_connect(
+    shard: &ShardRef,
+    connect: &Connect,
+    cert_identity: Option<&str>,
+    tls: &Option<Arc<TlsListener>>,
+) -> Result<(), ReasonCode> {
+    let credentials = Credentials {
+        username: connect.username.as_ref().map(|name| name.as_str()),
+        password: connect.password.as_deref(),
+        tls_identity: cert_identity,
+        use_identity_as_username: tls.as_ref().is_some_and(|tls| tls.use_identity_as_username),
+    };
+    let mut state = shard.state.borrow_mut();
+    let username = match state.authenticate(&credentials) {
+        AuthDecision::Allow { username } => username,
+        AuthDecision::Deny(DenyReason::BadCredentials) => {
+            return Err(ReasonCode::BadUserNameOrPassword)
+        }
+        AuthDecision::Deny(DenyReason::NotAuthorized) => return Err(ReasonCode::NotAuthorized),
+    };
+    // The will is published when the client is gone, so its topic is checked now, as
+    // Mosquitto does: a client may not leave a will where it could not publish.
+    if let Some(will) = &connect.will {
+        let identity = ClientIdentity::new(connect.client_id.as_str(), username.as_deref());
+        if !state.may_publish_will(&identity, will.topic.as_str()) {
+            return Err(ReasonCode::NotAuthorized);
+        }
+    }
+    Ok(())
+}
+
 /// Serves a client whose session this shard owns, from its CONNECT to the end.
 /// `cert_identity`: see [`Link::cert_identity`].
 pub async fn serve(
@@ -282,6 +324,10 @@ pub async fn serve(
         connection.clone(),
         assigned_client_id,
         now,
+    );
+    shard.state.borrow_mut().set_identity(
+        &connect.client_id,
+        connect.username.as_ref().map(|name| name.as_str()),
     );
     connection.send(Packet::ConnAck(Box::new(opened.connack)));
     runtime::spawn(write_loop(

@@ -88,6 +88,40 @@ pub struct Link {
     /// these names. A client's certificate is only asked for on listeners with
     /// `tls_client_ca`, and only a verified one gets here.
     pub cert_identity: Option<String>,
+    /// `broker.publish_rate_max` for this client; `None` without a limit.
+    pub publish_budget: Option<PublishBudget>,
+}
+
+/// A token bucket of PUBLISHes: `rate` per second, bursts of up to one second's worth.
+#[derive(Debug)]
+pub struct PublishBudget {
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl PublishBudget {
+    pub fn new(rate: u32, now: Instant) -> PublishBudget {
+        let rate = f64::from(rate.max(1));
+        PublishBudget {
+            rate,
+            tokens: rate,
+            updated: now,
+        }
+    }
+
+    /// Takes one PUBLISH from the budget: how long to wait first (zero while within it).
+    pub fn take(&mut self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.updated = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
 }
 
 impl Link {
@@ -100,6 +134,7 @@ impl Link {
     ) -> Link {
         let keep_alive_secs = granted_keep_alive(requested_keep_alive_secs, &shard.config)
             .unwrap_or(requested_keep_alive_secs);
+        let shard_rate = shard.config.publish_rate_max;
         Link {
             shard,
             connection,
@@ -110,6 +145,8 @@ impl Link {
             connect_session_expiry_zero: true,
             username: None,
             cert_identity: None,
+            publish_budget: (shard_rate > 0)
+                .then(|| PublishBudget::new(shard_rate, Instant::now())),
         }
     }
 

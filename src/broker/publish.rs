@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::auth::Access;
 use crate::bridge::shard_bridge::Submitted;
 use crate::protocol::{Packet, PubAck, PubRec, Publish, QoS, ReasonCode};
 use crate::runtime;
@@ -12,8 +13,42 @@ use super::router;
 use super::stats::ShardStats;
 
 impl Link {
+    /// Answers a PUBLISH the ACL refused and drops it. A 5.0 client learns why from the
+    /// reason code 0x87 Not authorized in its PUBACK or PUBREC; 3.1.1 has no way to say it,
+    /// so the acknowledgement is the normal one [MQTT-3.3.5-2], as in Mosquitto.
+    fn refuse_publish(&mut self, qos: QoS, packet_id: u16) {
+        let v5 = self.protocol.is_v5();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce if v5 => self.connection.send(Packet::PubAck(PubAck::with_reason(
+                packet_id,
+                ReasonCode::NotAuthorized,
+            ))),
+            QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::new(packet_id))),
+            // A PUBREC with a failure code ends the exchange: no PUBREL follows.
+            QoS::ExactlyOnce if v5 => self.connection.send(Packet::PubRec(PubRec::with_reason(
+                packet_id,
+                ReasonCode::NotAuthorized,
+            ))),
+            QoS::ExactlyOnce => {
+                // The PUBREL that follows gets its PUBCOMP like any other.
+                if let Some(session) = self.shard.state.borrow_mut().session(&self.client_id) {
+                    session.inbound_qos2.insert(packet_id);
+                }
+                self.connection.send(Packet::PubRec(PubRec::new(packet_id)));
+            }
+        }
+    }
+
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         ShardStats::incr(&self.shard.stats.messages_received);
+        if let Some(budget) = &mut self.publish_budget {
+            // Over its rate: this client is not read for a while (backpressure).
+            let wait = budget.take(Instant::now());
+            if !wait.is_zero() {
+                runtime::sleep(wait).await;
+            }
+        }
         let config = self.shard.config.clone();
         let topic = match publish.properties.topic_alias {
             Some(alias) => {
@@ -40,6 +75,18 @@ impl Link {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        // The ACL, before anything else sees the message: neither subscribers nor Kafka
+        // mappings get what a client may not publish.
+        let allowed = self.shard.state.borrow_mut().authorized(
+            &self.client_id,
+            topic.as_str(),
+            Access::Write,
+        );
+        if !allowed {
+            ShardStats::incr(&self.shard.stats.dropped_not_authorized);
+            self.refuse_publish(qos, packet_id);
+            return Ok(());
+        }
         if qos == QoS::ExactlyOnce {
             let mut state = self.shard.state.borrow_mut();
             let session = state.session(&self.client_id).expect("connected session");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::AuthStore;
 use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
@@ -51,6 +52,11 @@ pub fn run(config: Config) -> io::Result<()> {
         None => allowed,
     };
     let listeners = resolve_listeners(&config)?;
+    let auth = Arc::new(
+        AuthStore::load(config.auth.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("auth: {e}")))?,
+    );
+    reload_auth_on_sighup(auth.clone())?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutting_down.clone())?;
@@ -82,6 +88,7 @@ pub fn run(config: Config) -> io::Result<()> {
         kafka: config.kafka.clone(),
         batching: config.batching.clone(),
         spool: config.spool.clone(),
+        auth,
     });
     let connections_open = Arc::new(AtomicUsize::new(0));
     let result = runtime::run_shards(
@@ -116,6 +123,29 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     result?;
     println!("ferrymq: stopped");
+    Ok(())
+}
+
+/// SIGHUP reads the password and ACL files again, without dropping anyone: each shard
+/// decides with the new snapshot from its next decision on, connected clients included. A
+/// file with an error keeps the files loaded before in force, and the log says which line.
+fn reload_auth_on_sighup(auth: Arc<AuthStore>) -> io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("ferrymq-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match auth.reload() {
+                    Ok(snapshot) => println!(
+                        "ferrymq: SIGHUP: password and ACL files reloaded (generation {})",
+                        snapshot.generation()
+                    ),
+                    Err(e) => eprintln!(
+                        "ferrymq: SIGHUP: reload failed, the files loaded before stay in force: {e}"
+                    ),
+                }
+            }
+        })?;
     Ok(())
 }
 
@@ -192,6 +222,7 @@ struct ShardConfig {
     kafka: KafkaConfig,
     batching: BatchingConfig,
     spool: SpoolConfig,
+    auth: Arc<AuthStore>,
 }
 
 /// The producers of one shard (one per cluster) and the wake-up their delivery reports use.
@@ -307,12 +338,11 @@ async fn shard_main(
         config: config.clone(),
         stats: stats.clone(),
         senders: env.senders,
-        state: RefCell::new(Shard::new(
-            env.shard_id,
-            env.shard_count,
-            config.clone(),
-            stats,
-        )),
+        state: RefCell::new({
+            let mut state = Shard::new(env.shard_id, env.shard_count, config.clone(), stats);
+            state.set_auth(shard_config.auth.clone());
+            state
+        }),
         interest_acks: RefCell::new(HashMap::new()),
         next_ack_id: Cell::new(1),
         remote_stats: RefCell::new(vec![StatsSnapshot::default(); env.shard_count]),

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::auth::ClientAcl;
 use crate::protocol::{MqttStr, Packet, Protocol, PubRel, QoS, SubscriptionOptions, Will};
 
 use super::connection::Connection;
@@ -69,6 +70,9 @@ pub struct Session {
     /// client came back meanwhile.
     pub generation: u64,
     pub disconnected_at: Option<Instant>,
+    /// The ACL's view of this client (identity of its latest CONNECT, cached decisions);
+    /// `None` until the connection that opened the session set it.
+    pub acl: Option<ClientAcl>,
 }
 
 impl Session {
@@ -88,6 +92,7 @@ impl Session {
             will: None,
             generation: 0,
             disconnected_at: None,
+            acl: None,
         }
     }
 

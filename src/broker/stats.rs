@@ -50,6 +50,14 @@ counters! {
     /// TLS handshakes that failed or timed out (the log says why, for the first of each
     /// kind every few seconds).
     tls_handshake_failures,
+    /// CONNECTs refused for bad credentials or as not authorized (password file).
+    auth_failures,
+    /// PUBLISHes the ACL refused, and deliveries a subscriber may not read (ACL file).
+    dropped_not_authorized,
+    /// SUBSCRIBE filters the ACL refused (SUBACK 0x87 / 0x80).
+    subscriptions_not_authorized,
+    /// Connections closed at accept because `connections_max` were open.
+    connections_refused_max,
     messages_received,
     messages_sent,
     bytes_received,

@@ -7,6 +7,7 @@ use crate::protocol::{Packet, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscri
 use super::link::Link;
 use super::router;
 use super::session::SubscriptionEntry;
+use super::stats::ShardStats;
 
 impl Link {
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) {
@@ -17,6 +18,17 @@ impl Link {
         {
             let mut state = self.shard.state.borrow_mut();
             for subscription in &subscribe.filters {
+                // The ACL judges the filter without its `$share/GROUP/` prefix.
+                let filter = unshared(&subscription.filter);
+                if !state.may_subscribe(&self.client_id, filter) {
+                    ShardStats::incr(&self.shard.stats.subscriptions_not_authorized);
+                    reason_codes.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
+                if state.subscription_quota_reached(&self.client_id, &subscription.filter) {
+                    reason_codes.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
                 let entry = SubscriptionEntry {
                     options: subscription.options,
                     subscription_id,
@@ -74,4 +86,12 @@ impl Link {
             reason_codes,
         )));
     }
+}
+
+/// A filter without the `$share/GROUP/` of a shared subscription.
+fn unshared(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_group, filter)| filter)
 }
