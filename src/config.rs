@@ -90,6 +90,43 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Password and ACL files in Mosquitto's formats; TOML `[auth]`.
     pub auth: crate::auth::AuthConfig,
+    /// The broker's log on stderr: format and level; TOML `[log]`.
+    pub log: LogConfig,
+}
+
+/// The broker's log, on stderr; TOML `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+pub struct LogConfig {
+    /// `text`: one line per event, `ferrymq: ` and the message; `json`: one JSON object per
+    /// line with `timestamp`, `level`, `message`, the event's fields, `target` and
+    /// `threadName`.
+    pub format: LogFormat,
+    /// Which events are logged: a level (`off`, `error`, `warn`, `info`, `debug`, `trace`) or
+    /// a filter in RUST_LOG's syntax, e.g. `info,ferrymq::tls=debug`. `info` logs starts,
+    /// stops, reloads and what goes wrong, nothing per message.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        // Keep in step with the `[default: …]` texts on `BrokerArgs`; a test checks them.
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// How log events are written; TOML `log.format`, flag `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human lines, `ferrymq: listening on ...`, as the broker has always written them.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The per-shard durable log; TOML `[spool]`. Used only by `ack = "durable"` mappings.
@@ -136,6 +173,7 @@ impl Default for Config {
             batching: BatchingConfig::default(),
             spool: SpoolConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -609,6 +647,15 @@ pub struct BrokerArgs {
     /// [default: false with a password file, true without]
     #[arg(long = "allow-anonymous", value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Log format on stderr: text (human lines) or json (one JSON object per line); TOML
+    /// log.format. [default: text]
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Events logged: off, error, warn, info, debug, trace, or a filter such as
+    /// info,ferrymq::tls=debug; TOML log.level. RUST_LOG, when set, replaces the file's
+    /// value; this flag replaces both. [default: info]
+    #[arg(long = "log-level", value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 /// A configuration error, one line, naming the key as written in TOML.
@@ -626,13 +673,54 @@ impl std::error::Error for ConfigError {}
 /// Builds the configuration: defaults, then the file named by `--config`, then the flags, then
 /// validation.
 pub fn load(args: &BrokerArgs) -> Result<Config, ConfigError> {
+    load_with_rust_log(args, None)
+}
+
+/// [`load`], with `rust_log` (RUST_LOG's value) between the file and the flags: when set and
+/// not blank it replaces the file's `log.level`, and `--log-level` replaces it. A filter that
+/// does not parse is an error naming RUST_LOG, unless `--log-level` is given.
+pub fn load_with_rust_log(
+    args: &BrokerArgs,
+    rust_log: Option<&str>,
+) -> Result<Config, ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    let rust_log = rust_log.map(str::trim).filter(|filter| !filter.is_empty());
+    if let (Some(filter), None) = (rust_log, &args.log_level) {
+        check_log_filter(filter).map_err(|e| ConfigError(format!("RUST_LOG: {e}")))?;
+        config.log.level = filter.to_string();
+    }
     config.apply(args);
     config.validate()?;
     Ok(config)
+}
+
+/// Levels a log filter may name on its own.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter: a level, or comma-separated directives in RUST_LOG's syntax
+/// (`info,ferrymq::tls=debug`). A bare word that is not a level is refused: RUST_LOG would
+/// take it as a target with every level, and `--log-level verbose` would log nothing.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("empty; give a level such as info".into());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        if bare && !LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} in {filter:?} is not a level ({}); a target takes one, \
+                 as in {directive}=debug",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))
 }
 
 impl Config {
@@ -694,6 +782,8 @@ impl Config {
             ref password_file,
             ref acl_file,
             allow_anonymous,
+            log_format,
+            ref log_level,
         } = *args;
         fn set<T>(field: &mut T, flag: Option<T>) {
             if let Some(value) = flag {
@@ -750,6 +840,8 @@ impl Config {
         if allow_anonymous.is_some() {
             a.allow_anonymous = allow_anonymous;
         }
+        set(&mut self.log.format, log_format);
+        set(&mut self.log.level, log_level.clone());
     }
 
     /// Checks every value against its bounds; the error names the first key out of bounds.
@@ -844,6 +936,7 @@ impl Config {
         if let Some(path) = &self.auth.acl_file {
             crate::auth::Acl::load(path).map_err(|e| ConfigError(format!("auth.acl_file: {e}")))?;
         }
+        check_log_filter(&self.log.level).map_err(|e| ConfigError(format!("log.level: {e}")))?;
         Ok(())
     }
 }
@@ -1323,7 +1416,11 @@ mod tests {
             "--password-file=/p",
             "--acl-file=/a",
             "--allow-anonymous=true",
+            "--log-format=json",
+            "--log-level=trace",
         ]));
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.level, "trace");
         let auth = crate::auth::AuthConfig {
             password_file: Some(PathBuf::from("/p")),
             acl_file: Some(PathBuf::from("/a")),
@@ -1542,7 +1639,7 @@ mod tests {
         assert_eq!(
             error,
             "test.toml:1:2: kafkaa: unknown key `kafkaa`, expected one of `listener`, \
-             `broker`, `kafka`, `batching`, `spool`, `auth`"
+             `broker`, `kafka`, `batching`, `spool`, `auth`, `log`"
         );
         let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
         assert_eq!(
@@ -1692,6 +1789,83 @@ mod tests {
     }
 
     #[test]
+    fn log_section_flags_and_rust_log() {
+        let config = parse("[log]\nformat = \"json\"\nlevel = \"warn,ferrymq::tls=debug\"\n")
+            .expect("[log] parses");
+        config.validate().expect("[log] valid");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.level, "warn,ferrymq::tls=debug");
+        assert_eq!(
+            parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string(),
+            "test.toml:2:10: log.format: unknown variant `xml`, expected `text` or `json`"
+        );
+        assert!(parse("[log]\nlevels = \"info\"\n")
+            .unwrap_err()
+            .to_string()
+            .starts_with("test.toml:2:1: log.levels: unknown key `levels`, expected"));
+
+        let mut config = Config::default();
+        config.apply(&args(&["--log-format", "json", "--log-level", "debug"]));
+        assert_eq!(
+            config.log,
+            LogConfig {
+                format: LogFormat::Json,
+                level: "debug".into()
+            }
+        );
+        assert!(Cli::try_parse_from(["ferrymq", "--log-format", "yaml"]).is_err());
+
+        for (level, expected) in [
+            ("", "log.level: empty; give a level such as info"),
+            (
+                "verbose",
+                "log.level: \"verbose\" in \"verbose\" is not a level (off, error, warn, info, \
+                 debug, trace); a target takes one, as in verbose=debug",
+            ),
+            (
+                "ferrymq=loud",
+                "log.level: \"ferrymq=loud\" is not a log filter: ",
+            ),
+        ] {
+            let mut config = Config::default();
+            config.log.level = level.into();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{level:?}: {error}");
+        }
+        for level in [
+            "off",
+            "ERROR",
+            "info",
+            "trace",
+            "info,ferrymq::tls=debug",
+            "ferrymq=warn",
+        ] {
+            check_log_filter(level).unwrap_or_else(|e| panic!("{level:?}: {e}"));
+        }
+
+        // Defaults < RUST_LOG < --log-level.
+        let level = |flags: &[&str], rust_log: Option<&str>| {
+            load_with_rust_log(&args(flags), rust_log).map(|c| c.log.level)
+        };
+        assert_eq!(level(&[], None).unwrap(), "info");
+        assert_eq!(level(&[], Some("debug")).unwrap(), "debug");
+        assert_eq!(level(&[], Some("  ")).unwrap(), "info");
+        assert_eq!(
+            level(&["--log-level", "warn"], Some("debug")).unwrap(),
+            "warn"
+        );
+        assert!(level(&[], Some("loud"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("RUST_LOG: \"loud\" in \"loud\" is not a level"));
+        // Overridden by the flag, a bad RUST_LOG does not matter.
+        assert_eq!(
+            level(&["--log-level", "warn"], Some("loud")).unwrap(),
+            "warn"
+        );
+    }
+
+    #[test]
     fn help_gives_each_default() {
         Cli::command().debug_assert();
         let d = BrokerConfig::default();
@@ -1750,6 +1924,14 @@ mod tests {
                 "spool_max_bytes",
                 SpoolConfig::default().max_bytes.to_string(),
             ),
+            (
+                "log_format",
+                clap::ValueEnum::to_possible_value(&LogConfig::default().format)
+                    .expect("a named format")
+                    .get_name()
+                    .to_string(),
+            ),
+            ("log_level", LogConfig::default().level),
         ];
         let command = Cli::command();
         let flags = command.get_arguments().filter(|a| a.get_id() != "config");

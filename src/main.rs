@@ -3,13 +3,20 @@
 //! the error and reason code the broker answers with; `ferrymq passwd` edits a password file
 //! in Mosquitto's `mosquitto_passwd` format.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferrymq::config::{self, BrokerArgs};
+use ferrymq::config::{self, BrokerArgs, LogConfig, LogFormat};
 use ferrymq::protocol::{decode_packet, Protocol, Role, PACKET_SIZE_BYTES_MAX};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -208,14 +215,86 @@ fn passwd(
     }
 }
 
+/// The broker's log on stderr, as `[log]` says: `text` writes each event as the one human
+/// line `ferrymq: MESSAGE` (the fields are for `json`), `json` one object per line.
+fn start_logging(log: &LogConfig) {
+    let filter = EnvFilter::builder()
+        .parse(&log.level)
+        .expect("log.level validated with the config");
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match log.format {
+        LogFormat::Text => builder.event_format(TextLine).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_thread_names(true)
+            .init(),
+    }
+}
+
+/// `ferrymq: ` and the event's message: the lines the broker wrote before it had a log
+/// format, which operators and tests read.
+struct TextLine;
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        writer.write_str("ferrymq: ")?;
+        let mut message = MessageOnly {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut message);
+        message.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes the `message` field of an event and nothing else.
+struct MessageOnly<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Visit for MessageOnly<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.result = self.writer.write_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            // The message is `format_args!`, whose Debug is its text.
+            self.result = write!(self.writer, "{value:?}");
+        }
+    }
+}
+
 fn run_broker(args: &BrokerArgs) -> ExitCode {
-    let config = match config::load(args) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    // Plain lines until the log is set up from the configuration, and for every config
+    // error: one line, exit code 2.
+    let config = match config::load_with_rust_log(args, rust_log.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ferrymq: config error: {error}");
             return ExitCode::from(2);
         }
     };
+    start_logging(&config.log);
     match ferrymq::broker::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         // A setting only checked when used (a librdkafka property, a CPU outside the
@@ -225,7 +304,7 @@ fn run_broker(args: &BrokerArgs) -> ExitCode {
             ExitCode::from(2)
         }
         Err(error) => {
-            eprintln!("ferrymq: {error}");
+            tracing::error!(error = %error, "{error}");
             ExitCode::FAILURE
         }
     }

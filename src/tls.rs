@@ -259,15 +259,21 @@ pub fn log_handshake_failure(
         std::mem::take(&mut log.unlogged)
     };
     let peer = peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string());
-    let detail = detail.map_or_else(String::new, |d| format!(" ({d})"));
+    let detail = detail.map(|d| d.to_string());
     let more = if unlogged > 0 {
         format!("; {unlogged} more like it since the last such line")
     } else {
         String::new()
     };
-    eprintln!(
-        "ferrymq: {listener}: TLS handshake with {peer} failed: {}{detail}{more}",
-        failure.describe()
+    let failure = failure.describe();
+    tracing::warn!(
+        listener,
+        peer = %peer,
+        failure,
+        detail = detail.as_deref(),
+        unlogged,
+        "{listener}: TLS handshake with {peer} failed: {failure}{}{more}",
+        detail.as_ref().map_or_else(String::new, |d| format!(" ({d})")),
     );
 }
 

@@ -243,7 +243,7 @@ fn file_errors_name_file_line_and_key() {
         (
             "[acl]\nfile = \"/etc/ferrymq/acl\"\n",
             ":1:2: acl: unknown key `acl`, expected one of `listener`, `broker`, `kafka`, \
-             `batching`, `spool`, `auth`",
+             `batching`, `spool`, `auth`, `log`",
         ),
         (
             "[kafka.clusters.main]\nbootstrap = \"k:9092\"\nconfig = { \"acks\" = [1] }\n",

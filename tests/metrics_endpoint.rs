@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, Broker};
@@ -107,6 +108,7 @@ fn counts_per_mapping_and_reports_ready_when_kafka_answers() {
         "{body}"
     );
     assert!(body.contains("ferrymq_messages_received 3"), "{body}");
+    check_exposition(&body);
     let (status, _) = wait_for(metrics_port, "/readyz", Duration::from_secs(10), |s, _| {
         s.contains("200")
     });
@@ -149,4 +151,142 @@ fn readyz_names_an_unreachable_cluster_while_mqtt_keeps_working() {
         .unwrap();
     assert!(status.success());
     let _ = std::fs::remove_file(config);
+}
+
+/// Checks Prometheus text format 0.0.4 as far as ferrymq uses it: one `# TYPE` per family,
+/// before its samples, and each family's samples in one group; every value a number.
+/// Summary samples may add `_count` or `_sum` to the family's name.
+fn check_exposition(body: &str) {
+    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    let mut current: Option<&str> = None;
+    let mut finished: Vec<&str> = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE NAME KIND");
+            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert!(kinds.insert(name, kind).is_none(), "second TYPE for {name}");
+            finished.extend(current.replace(name));
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.trim().is_empty(),
+            "{line:?}"
+        );
+        let end = line.find(['{', ' ']).expect("a name");
+        let name = &line[..end];
+        let family = kinds
+            .keys()
+            .copied()
+            .find(|family| {
+                name == *family
+                    || (kinds[family] == "summary"
+                        && [format!("{family}_count"), format!("{family}_sum")]
+                            .contains(&name.to_string()))
+            })
+            .unwrap_or_else(|| panic!("{name} has no TYPE before it"));
+        assert_eq!(Some(family), current, "{name} outside its group");
+        assert!(!finished.contains(&family), "{name}: second group");
+        let value = line.rsplit(' ').next().unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("{value:?} is not a number: {line}"));
+    }
+}
+
+/// The value of the sample `series` (name and labels as written), if there is one.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a number"))
+}
+
+/// Per-QoS message counts and per-shard busy time; needs no Kafka.
+#[test]
+fn counts_messages_by_qos_and_shard_busy_time() {
+    let metrics_port = free_port();
+    let broker = Broker::start_with(&["--metrics", &format!("127.0.0.1:{metrics_port}")]);
+    let port = broker.port.to_string();
+    let (_, body) = wait_for(
+        metrics_port,
+        "/metrics",
+        Duration::from_secs(5),
+        |_, body| {
+            sample(body, "ferrymq_shard_busy_seconds_total{shard=\"0\"}").is_some_and(|v| v > 0.0)
+        },
+    );
+    check_exposition(&body);
+    for qos in 0..3 {
+        for name in ["received", "sent"] {
+            let series = format!("ferrymq_messages_{name}_total{{qos=\"{qos}\"}}");
+            assert_eq!(sample(&body, &series), Some(0.0), "{series}\n{body}");
+        }
+    }
+    let busy = |body: &str| -> Vec<f64> {
+        (0..common::shard_count())
+            .map(|shard| {
+                let series = format!("ferrymq_shard_busy_seconds_total{{shard=\"{shard}\"}}");
+                sample(body, &series).unwrap_or_else(|| panic!("{series}\n{body}"))
+            })
+            .collect()
+    };
+    let before = busy(&body);
+    assert!(before.iter().all(|&seconds| seconds > 0.0), "{before:?}");
+
+    // One subscriber at QoS 2 gets each message at the QoS it was published with.
+    let subscriber = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5"])
+        .args(["-t", "byqos/#", "-q", "2", "-C", "4", "-W", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub (Debian mosquitto-clients)");
+    wait_for(
+        metrics_port,
+        "/metrics",
+        Duration::from_secs(5),
+        |_, body| sample(body, "ferrymq_subscriptions") == Some(1.0),
+    );
+    for qos in ["0", "1", "2", "1"] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5"])
+            .args(["-q", qos, "-t", &format!("byqos/{qos}"), "-m", "x"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let output = subscriber.wait_with_output().unwrap();
+    assert!(output.status.success(), "the subscriber got 4 messages");
+    let expected = [1.0, 2.0, 1.0];
+    let (_, body) = wait_for(
+        metrics_port,
+        "/metrics",
+        Duration::from_secs(5),
+        |_, body| {
+            (0..3).all(|qos| {
+                ["received", "sent"].iter().all(|name| {
+                    let series = format!("ferrymq_messages_{name}_total{{qos=\"{qos}\"}}");
+                    sample(body, &series) == Some(expected[qos])
+                })
+            })
+        },
+    );
+    check_exposition(&body);
+    for (qos, count) in expected.iter().enumerate() {
+        for name in ["received", "sent"] {
+            let series = format!("ferrymq_messages_{name}_total{{qos=\"{qos}\"}}");
+            assert_eq!(sample(&body, &series), Some(*count), "{series}\n{body}");
+        }
+    }
+    assert_eq!(
+        sample(&body, "ferrymq_messages_received"),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "ferrymq_messages_sent"), Some(4.0), "{body}");
+    // Busy time is CPU time: it only grows, and the shards did some work meanwhile.
+    let after = busy(&body);
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a >= b)
+            && after.iter().sum::<f64>() > before.iter().sum::<f64>(),
+        "{before:?} then {after:?}"
+    );
 }

@@ -57,7 +57,7 @@
 //! // Reload (SIGHUP): on error the old snapshot stays in force.
 //! match store.reload() {
 //!     Ok(new) => { /* send `new` to the shards */ }
-//!     Err(error) => eprintln!("ferrymq: reload failed, keeping the old files: {error}"),
+//!     Err(error) => tracing::warn!(error = %error, "reload failed, keeping the old files: {error}"),
 //! }
 //! # Ok::<(), ferrymq::auth::AuthError>(())
 //! ```

@@ -116,8 +116,9 @@ pub async fn write_loop(connection: Rc<Connection>, stream: SharedStream, stats:
                         .set(stats.dropped_too_large.get() + 1);
                     continue;
                 }
-                if matches!(packet, Packet::Publish(_)) {
-                    stats.messages_sent.set(stats.messages_sent.get() + 1);
+                if let Packet::Publish(publish) = &packet {
+                    ShardStats::incr(&stats.messages_sent);
+                    ShardStats::incr(&stats.messages_sent_by_qos[publish.qos as usize]);
                 }
                 packet.encode(connection.protocol, &mut buf);
                 if buf.len() >= WRITE_BATCH_BYTES_MAX {

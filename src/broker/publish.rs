@@ -42,6 +42,7 @@ impl Link {
 
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         ShardStats::incr(&self.shard.stats.messages_received);
+        ShardStats::incr(&self.shard.stats.messages_received_by_qos[publish.qos as usize]);
         if let Some(budget) = &mut self.publish_budget {
             // Over its rate: this client is not read for a while (backpressure).
             let wait = budget.take(Instant::now());

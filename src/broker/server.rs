@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::{error, info, warn};
 
 use crate::auth::AuthStore;
 use crate::bridge::health;
@@ -61,23 +62,21 @@ pub fn run(config: Config) -> io::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
-    for (addr, tls) in &listeners {
-        let tls = if tls.is_some() { " (TLS)" } else { "" };
-        println!(
-            "ferrymq: listening on {addr}{tls} with {} shards (CPUs {cpus:?})",
-            cpus.len()
-        );
-    }
     let kafka = start_kafka_producers(&config, cpus.len())?;
     let board = Arc::new(metrics_board(&config, cpus.len())?);
-    if let Some(addr) = config.broker.metrics_bind {
-        let addr = metrics::serve(addr, board.clone()).map_err(|e| {
+    let metrics_addr = match config.broker.metrics_bind {
+        Some(addr) => Some(metrics::serve(addr, board.clone()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("broker.metrics_bind: cannot listen on {addr}: {e}"),
             )
-        })?;
-        println!("ferrymq: metrics on http://{addr}/metrics");
+        })?),
+        None => None,
+    };
+    // Logged once every setting has been checked: a config error stays the only line.
+    announce_listeners(&listeners, &cpus);
+    if let Some(addr) = metrics_addr {
+        info!(addr = %addr, "metrics on http://{addr}/metrics");
     }
     let stoppers: Vec<_> = kafka.iter().flat_map(|k| k.stoppers.clone()).collect();
     let mut kafka = kafka;
@@ -122,8 +121,33 @@ pub fn run(config: Config) -> io::Result<()> {
         let _ = join.join();
     }
     result?;
-    println!("ferrymq: stopped");
+    info!("stopped");
     Ok(())
+}
+
+/// Logs each listener. The same lines go to stdout, unless it is the same file as stderr
+/// (a terminal, `2>&1`): programs that start the broker wait for its first line there.
+fn announce_listeners(listeners: &[Listener], cpus: &[usize]) {
+    let to_stdout = !stdout_is_stderr();
+    for (addr, tls) in listeners {
+        let shards = cpus.len();
+        let suffix = if tls.is_some() { " (TLS)" } else { "" };
+        let line = format!("listening on {addr}{suffix} with {shards} shards (CPUs {cpus:?})");
+        info!(addr = %addr, tls = tls.is_some(), shards, cpus = ?cpus, "{line}");
+        if to_stdout {
+            println!("ferrymq: {line}");
+        }
+    }
+}
+
+/// Whether file descriptors 1 and 2 are the same file.
+fn stdout_is_stderr() -> bool {
+    let identity = |fd| {
+        // SAFETY: fstat writes into the zeroed struct we own.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some((stat.st_dev, stat.st_ino))
+    };
+    matches!((identity(1), identity(2)), (Some(out), Some(err)) if out == err)
 }
 
 /// SIGHUP reads the password and ACL files again, without dropping anyone: each shard
@@ -136,12 +160,16 @@ fn reload_auth_on_sighup(auth: Arc<AuthStore>) -> io::Result<()> {
         .spawn(move || {
             for _ in signals.forever() {
                 match auth.reload() {
-                    Ok(snapshot) => println!(
-                        "ferrymq: SIGHUP: password and ACL files reloaded (generation {})",
-                        snapshot.generation()
-                    ),
-                    Err(e) => eprintln!(
-                        "ferrymq: SIGHUP: reload failed, the files loaded before stay in force: {e}"
+                    Ok(snapshot) => {
+                        let generation = snapshot.generation();
+                        info!(
+                            generation,
+                            "SIGHUP: password and ACL files reloaded (generation {generation})"
+                        );
+                    }
+                    Err(e) => warn!(
+                        error = %e,
+                        "SIGHUP: reload failed, the files loaded before stay in force: {e}"
                     ),
                 }
             }
@@ -210,6 +238,8 @@ async fn metrics_loop(shard: ShardRef) {
             clusters,
             dropped_qos0_ring_full: bridge.dropped_qos0_ring_full,
             pending_acks: bridge.pending_count() as u64,
+            // This loop runs on the shard's thread: its CPU time is the shard's.
+            busy_seconds: metrics::thread_cpu_seconds(),
         };
         drop(bridge);
         shard.board.publish(shard.id, snapshot);
@@ -320,10 +350,13 @@ async fn shard_main(
                 Some(spool)
             }
             Err(error) => {
-                eprintln!(
-                    "ferrymq: spool.data_dir: cannot open the spool of shard {} in {}: {error}",
+                let data_dir = shard_config.spool.data_dir.display();
+                error!(
+                    shard = env.shard_id,
+                    data_dir = %data_dir,
+                    error = %error,
+                    "spool.data_dir: cannot open the spool of shard {} in {data_dir}: {error}",
                     env.shard_id,
-                    shard_config.spool.data_dir.display()
                 );
                 std::process::exit(1);
             }
@@ -374,7 +407,11 @@ async fn shard_main(
         match runtime::bind(addr) {
             Ok(listener) => runtime::spawn(accept_loop(shard.clone(), listener, tls)),
             Err(error) => {
-                eprintln!("ferrymq: listener.bind: cannot listen on {addr}: {error}");
+                error!(
+                    addr = %addr,
+                    error = %error,
+                    "listener.bind: cannot listen on {addr}: {error}"
+                );
                 std::process::exit(1);
             }
         }
@@ -497,17 +534,26 @@ async fn open_spool(
     }
     let (log, cuts) = spool_log::open(&own, &replay, config.segment_bytes).await?;
     for cut in &cuts {
-        eprintln!(
-            "ferrymq: spool: cut {} damaged bytes at offset {} of {} ({}); the records before it are kept",
+        let path = cut.path.display();
+        warn!(
+            shard = shard_id,
+            path = %path,
+            offset = cut.offset,
+            bytes_cut = cut.bytes_cut,
+            reason = %cut.reason,
+            "spool: cut {} damaged bytes at offset {} of {path} ({}); the records before it are kept",
             cut.bytes_cut,
             cut.offset,
-            cut.path.display(),
             cut.reason
         );
     }
     let unacked = log.records_unacked();
     if unacked > 0 {
-        println!("ferrymq: spool of shard {shard_id}: replaying {unacked} records to Kafka");
+        info!(
+            shard = shard_id,
+            records = unacked,
+            "spool of shard {shard_id}: replaying {unacked} records to Kafka"
+        );
     }
     Ok(Rc::new(RefCell::new(log)))
 }
@@ -574,8 +620,11 @@ async fn spool_flush_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>, config:
                         .spool_stats
                         .write_errors
                         .set(shard.spool_stats.write_errors.get() + 1);
-                    eprintln!(
-                        "ferrymq: spool of shard {}: write failed: {error}; retrying",
+                    // One line per retry, at most every SPOOL_RETRY.
+                    error!(
+                        shard = shard.id,
+                        error = %error,
+                        "spool of shard {}: write failed: {error}; retrying",
                         shard.id
                     );
                     runtime::sleep(SPOOL_RETRY).await;
@@ -586,8 +635,10 @@ async fn spool_flush_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>, config:
                     .spool_stats
                     .write_errors
                     .set(shard.spool_stats.write_errors.get() + 1);
-                eprintln!(
-                    "ferrymq: spool of shard {}: new segment failed: {error}",
+                error!(
+                    shard = shard.id,
+                    error = %error,
+                    "spool of shard {}: new segment failed: {error}",
                     shard.id
                 );
                 runtime::sleep(SPOOL_RETRY).await;
@@ -639,7 +690,12 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
                     shard.bridge_activity.notify();
                 }
                 Err(error) => {
-                    eprintln!("ferrymq: spool of shard {}: read failed: {error}", shard.id);
+                    error!(
+                        shard = shard.id,
+                        error = %error,
+                        "spool of shard {}: read failed: {error}",
+                        shard.id
+                    );
                     runtime::sleep(SPOOL_RETRY).await;
                     break;
                 }

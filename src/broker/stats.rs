@@ -8,26 +8,41 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct ShardStats {
             $($(#[$meta])* pub $name: Cell<u64>,)*
+            /// PUBLISHes received from clients, by QoS (index 0, 1, 2).
+            pub messages_received_by_qos: [Cell<u64>; 3],
+            /// PUBLISHes written to clients, by QoS (index 0, 1, 2).
+            pub messages_sent_by_qos: [Cell<u64>; 3],
         }
 
         /// A copy of the counters that can cross shards.
         #[derive(Debug, Default, Clone, Copy)]
         pub struct StatsSnapshot {
             $(pub $name: u64,)*
+            pub messages_received_by_qos: [u64; 3],
+            pub messages_sent_by_qos: [u64; 3],
         }
 
         impl ShardStats {
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.get(),)* }
+                StatsSnapshot {
+                    $($name: self.$name.get(),)*
+                    messages_received_by_qos: self.messages_received_by_qos.each_ref().map(Cell::get),
+                    messages_sent_by_qos: self.messages_sent_by_qos.each_ref().map(Cell::get),
+                }
             }
         }
 
         impl StatsSnapshot {
             pub fn add(&mut self, other: &StatsSnapshot) {
                 $(self.$name += other.$name;)*
+                for qos in 0..3 {
+                    self.messages_received_by_qos[qos] += other.messages_received_by_qos[qos];
+                    self.messages_sent_by_qos[qos] += other.messages_sent_by_qos[qos];
+                }
             }
 
-            /// `(name, value)` pairs, for `$SYS` topics.
+            /// `(name, value)` pairs, for `$SYS` topics (the per-QoS counts are not among
+            /// them: the metrics give them labelled).
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
             }

@@ -42,6 +42,22 @@ pub struct ShardSnapshot {
     pub clusters: Vec<ClusterSnapshot>,
     pub dropped_qos0_ring_full: u64,
     pub pending_acks: u64,
+    /// CPU time the shard's thread has used, in seconds ([`thread_cpu_seconds`] read on it).
+    pub busy_seconds: f64,
+}
+
+/// CPU time used by the calling thread so far, in seconds (CLOCK_THREAD_CPUTIME_ID): on a
+/// shard's thread, the time it was busy rather than parked waiting for I/O or timers.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0.0;
+    }
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
 /// What the board knows about each mapping, for labels.
@@ -161,6 +177,27 @@ pub fn render_prometheus(board: &Board) -> String {
         "# TYPE ferrymq_kafka_pending_acks gauge\nferrymq_kafka_pending_acks {}",
         totals.pending_acks
     );
+    let by_qos = [
+        ("received", &totals.stats.messages_received_by_qos),
+        ("sent", &totals.stats.messages_sent_by_qos),
+    ];
+    for (name, counts) in by_qos {
+        let _ = writeln!(out, "# TYPE ferrymq_messages_{name}_total counter");
+        for (qos, count) in counts.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ferrymq_messages_{name}_total{{qos=\"{qos}\"}} {count}"
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE ferrymq_shard_busy_seconds_total counter");
+    for (shard, snapshot) in board.shards().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ferrymq_shard_busy_seconds_total{{shard=\"{shard}\"}} {}",
+            snapshot.busy_seconds
+        );
+    }
     let counters: [(&str, CounterOf); 5] = [
         ("matched", |m| m.matched),
         ("produced", |m| m.produced),
@@ -226,21 +263,29 @@ pub fn render_prometheus(board: &Board) -> String {
             u8::from(up.load(Ordering::Relaxed))
         );
     }
+    // Each family's samples together, after its TYPE line.
+    let clusters: Vec<_> = board
+        .cluster_names
+        .iter()
+        .map(|name| escape(name))
+        .zip(&totals.clusters)
+        .collect();
     let _ = writeln!(out, "# TYPE ferrymq_kafka_records_in_ring gauge");
-    let _ = writeln!(out, "# TYPE ferrymq_kafka_records_in_librdkafka gauge");
-    let _ = writeln!(out, "# TYPE ferrymq_kafka_delivery_latency_seconds summary");
-    for (name, (in_ring, in_librdkafka, latency)) in
-        board.cluster_names.iter().zip(&totals.clusters)
-    {
-        let name = escape(name);
+    for (name, (in_ring, _, _)) in &clusters {
         let _ = writeln!(
             out,
             "ferrymq_kafka_records_in_ring{{cluster=\"{name}\"}} {in_ring}"
         );
+    }
+    let _ = writeln!(out, "# TYPE ferrymq_kafka_records_in_librdkafka gauge");
+    for (name, (_, in_librdkafka, _)) in &clusters {
         let _ = writeln!(
             out,
             "ferrymq_kafka_records_in_librdkafka{{cluster=\"{name}\"}} {in_librdkafka}"
         );
+    }
+    let _ = writeln!(out, "# TYPE ferrymq_kafka_delivery_latency_seconds summary");
+    for (name, (_, _, latency)) in &clusters {
         for quantile in [0.5, 0.99, 0.999] {
             let _ = writeln!(
                 out,
@@ -304,4 +349,116 @@ fn answer(mut stream: std::net::TcpStream, board: &Board) -> io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board of two shards with spools, two clusters and a mapping, each figure set.
+    fn board() -> Board {
+        let board = Board::new(
+            2,
+            vec!["main".into(), "audit \"x\"".into()],
+            vec![MappingLabel {
+                mqtt: "devices/#".into(),
+                cluster: "main".into(),
+            }],
+            vec![
+                Arc::new(AtomicBool::new(true)),
+                Arc::new(AtomicBool::new(false)),
+            ],
+        );
+        for shard in 0..2u64 {
+            let mut stats = StatsSnapshot {
+                messages_received: 6 + shard,
+                ..StatsSnapshot::default()
+            };
+            stats.messages_received_by_qos = [1, 2, 3 + shard];
+            stats.messages_sent_by_qos = [4, 0, shard];
+            let mut latency = new_latency_histogram();
+            latency.record(1500).unwrap();
+            let cluster = ClusterSnapshot {
+                records_in_ring: 1,
+                records_in_librdkafka: 2,
+                latency_us: latency.clone(),
+            };
+            board.publish(
+                shard as usize,
+                ShardSnapshot {
+                    spool: Some(SpoolSnapshot {
+                        bytes: 4096,
+                        records_unacked: 3,
+                        oldest_unacked_secs: 0.5,
+                        flush_latency_us: latency,
+                        replayed: 0,
+                        write_errors: 0,
+                    }),
+                    stats,
+                    mappings: vec![MappingCounters {
+                        matched: 5,
+                        ..MappingCounters::default()
+                    }],
+                    clusters: vec![cluster.clone(), cluster],
+                    dropped_qos0_ring_full: 0,
+                    pending_acks: 1,
+                    busy_seconds: 1.25 + shard as f64,
+                },
+            );
+        }
+        board
+    }
+
+    #[test]
+    fn each_family_has_one_type_line_then_its_samples_together() {
+        let text = render_prometheus(&board());
+        let mut families: Vec<(&str, &str)> = Vec::new();
+        let mut closed: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    families.iter().all(|(seen, _)| *seen != name),
+                    "second TYPE for {name}"
+                );
+                closed.extend(families.last().map(|(name, _)| *name));
+                families.push((name, kind));
+                continue;
+            }
+            let name = &line[..line.find(['{', ' ']).unwrap()];
+            let (family, kind) = *families.last().expect("a TYPE line first");
+            let belongs = name == family
+                || (kind == "summary" && name.strip_suffix("_count") == Some(family));
+            assert!(belongs, "{name} is not in the group of {family}");
+            assert!(!closed.contains(&family), "{name}: second group");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        for expected in [
+            "ferrymq_messages_received 13",
+            "ferrymq_messages_received_total{qos=\"0\"} 2",
+            "ferrymq_messages_received_total{qos=\"1\"} 4",
+            "ferrymq_messages_received_total{qos=\"2\"} 7",
+            "ferrymq_messages_sent_total{qos=\"0\"} 8",
+            "ferrymq_messages_sent_total{qos=\"1\"} 0",
+            "ferrymq_messages_sent_total{qos=\"2\"} 1",
+            "ferrymq_shard_busy_seconds_total{shard=\"0\"} 1.25",
+            "ferrymq_shard_busy_seconds_total{shard=\"1\"} 2.25",
+            "ferrymq_kafka_records_in_ring{cluster=\"audit \\\"x\\\"\"} 2",
+            "ferrymq_kafka_delivery_latency_seconds_count{cluster=\"main\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected}\n{text}");
+        }
+    }
+
+    #[test]
+    fn thread_cpu_time_grows_with_work() {
+        let before = thread_cpu_seconds();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while thread_cpu_seconds() - before < 0.01 && started.elapsed().as_secs() < 5 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(thread_cpu_seconds() - before >= 0.01, "{before}");
+    }
 }
