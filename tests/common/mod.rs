@@ -264,3 +264,20 @@ impl Broker {
         }
     }
 }
+
+impl Broker {
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// `kill -NAME PID` (`"HUP"`, say): a signal that leaves the broker running.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+}
