@@ -116,14 +116,7 @@ impl Broker {
             "ferrymq did not start: {first:?}"
         );
         std::thread::spawn(move || for _ in lines {});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "ferrymq is not accepting on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_accepting(&mut child, port);
         // Both shards bind the port; give the second a moment after the first answers.
         std::thread::sleep(Duration::from_millis(100));
         Broker {
@@ -247,14 +240,7 @@ impl Broker {
             panic!("ferrymq did not start: {first:?}\n{}", text.lock().unwrap());
         }
         std::thread::spawn(move || for _ in lines {});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "ferrymq is not accepting on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_accepting(&mut child, port);
         // Both shards bind the port; give the second a moment after the first answers.
         std::thread::sleep(Duration::from_millis(100));
         Broker {
@@ -279,5 +265,19 @@ impl Broker {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+}
+
+/// Waits up to 10 s for `port` to accept. A broker that never does is killed before the
+/// panic, so that a failed start leaves no process behind.
+fn wait_accepting(child: &mut Child, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferrymq is not accepting on {port} 10 s after it said it was listening");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
