@@ -151,7 +151,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     let limit = Duration::from_millis(config.connect_timeout_ms);
     let (stream, cert_identity) = match &tls {
         None => (Stream::from(tcp), None),
-        Some(tls) => match handshake(&shard, tcp, tls, limit).await {
+        Some(tls) => match Box::pin(handshake(&shard, tcp, tls, limit)).await {
             Some(accepted) => accepted,
             None => {
                 shard.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -163,7 +163,14 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     let mut decoder = Decoder::server(config.packet_size_bytes_max);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let left = limit.saturating_sub(accepted_at.elapsed());
-    let read = runtime::timeout(left, read_connect(&stream, &mut decoder, &mut buf)).await;
+    // Boxed, like the handshake above and the will and finish below: short-lived states
+    // that would otherwise size this task's future, which lives as long as the connection
+    // (tuning.md, "Memory per connection").
+    let read = Box::pin(runtime::timeout(
+        left,
+        read_connect(&stream, &mut decoder, &mut buf),
+    ))
+    .await;
     let mut connect = match read {
         // No CONNECT in time, or the peer left: close without a word.
         None | Some(Err(ConnectFailure::Closed)) => {
@@ -180,7 +187,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
             } else {
                 Protocol::V3_1_1
             };
-            refuse(stream, protocol, error.reason_code()).await;
+            Box::pin(refuse(stream, protocol, error.reason_code())).await;
             return;
         }
         Some(Ok(connect)) => connect,
@@ -191,7 +198,12 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
         // 3.1 requires an id; 3.1.1 accepts none only with Clean Session [MQTT-3.1.3-8].
         if protocol == Protocol::V3_1 || (protocol == Protocol::V3_1_1 && !connect.clean_start) {
             shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-            refuse(stream, protocol, ReasonCode::ClientIdentifierNotValid).await;
+            Box::pin(refuse(
+                stream,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+            ))
+            .await;
             return;
         }
         connect.client_id = shard.state.borrow_mut().assign_client_id();
@@ -200,7 +212,12 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     if connect.properties.authentication_method.is_some() {
         // Enhanced authentication is not offered [MQTT-4.12.0-1].
         shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-        refuse(stream, protocol, ReasonCode::BadAuthenticationMethod).await;
+        Box::pin(refuse(
+            stream,
+            protocol,
+            ReasonCode::BadAuthenticationMethod,
+        ))
+        .await;
         return;
     }
     if tls.as_ref().is_some_and(|tls| tls.use_identity_as_username) {
@@ -213,7 +230,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
             Some(identity) => connect.username = Some(identity),
             None => {
                 shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-                refuse(stream, protocol, ReasonCode::BadUserNameOrPassword).await;
+                Box::pin(refuse(stream, protocol, ReasonCode::BadUserNameOrPassword)).await;
                 return;
             }
         }
@@ -221,7 +238,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     if let Err(reason) = authorize_connect(&shard, &connect, cert_identity.as_deref(), &tls) {
         ShardStats::incr(&shard.stats.auth_failures);
         shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-        refuse(stream, protocol, reason).await;
+        Box::pin(refuse(stream, protocol, reason)).await;
         return;
     }
     let owner = shard_for(connect.client_id.as_bytes(), shard.count);
@@ -250,7 +267,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
                 assigned_client_id,
                 cert_identity,
             };
-            let _ = shard.senders.send(owner, handoff).await;
+            let _ = Box::pin(shard.senders.send(owner, handoff)).await;
         }
         Err(_) => {
             shard.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -337,7 +354,7 @@ pub async fn serve(
     ));
     shard.state.borrow_mut().resume_session(&client_id, now);
     if let Some(will) = opened.will_to_publish {
-        router::publish(&shard, will).await;
+        Box::pin(router::publish(&shard, will)).await;
     }
     let mut decoder = Decoder::server_connected(protocol, shard.config.packet_size_bytes_max);
     let username = connect.username.clone();
@@ -347,5 +364,5 @@ pub async fn serve(
     link.connect_session_expiry_zero =
         connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
     let exit = link.run(&stream, &mut decoder, &mut buf).await;
-    link.finish(exit).await;
+    Box::pin(link.finish(exit)).await;
 }

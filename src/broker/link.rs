@@ -170,7 +170,12 @@ impl Link {
                         if self.connection.is_closing() {
                             return Exit::ConnectionLost;
                         }
-                        if let Err(exit) = self.handle(packet).await {
+                        // Boxed: a task's future is as large as its largest state for
+                        // the connection's whole life, and handling a PUBLISH is the
+                        // largest (~3 KiB) while an idle connection only waits for data.
+                        // One short-lived allocation per packet keeps that off every
+                        // idle connection (tuning.md, "Memory per connection").
+                        if let Err(exit) = Box::pin(self.handle(packet)).await {
                             return exit;
                         }
                         handled += 1;
