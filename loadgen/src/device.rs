@@ -23,6 +23,7 @@ pub enum Phase {
     Idle,
     /// TCP handshake under way.
     Connecting,
+    /// CONNECT sent (with TLS: queued behind the TLS handshake, which is under way).
     AwaitConnAck,
     AwaitSubAck,
     Running,
@@ -53,10 +54,14 @@ pub enum Failure {
     Unexpected,
     AckRefused,
     AckTimeout,
+    /// The TLS handshake failed (a certificate refused, an alert, not TLS).
+    TlsHandshake,
+    /// TLS failed after the handshake (a corrupt record, an alert).
+    Tls,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 11] = [
+    pub const ALL: [Failure; 13] = [
         Failure::ConnectRefused,
         Failure::ConnectTimeout,
         Failure::ConnAckRefused,
@@ -68,6 +73,8 @@ impl Failure {
         Failure::Unexpected,
         Failure::AckRefused,
         Failure::AckTimeout,
+        Failure::TlsHandshake,
+        Failure::Tls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +90,8 @@ impl Failure {
             Failure::Unexpected => "unexpected_packet",
             Failure::AckRefused => "ack_with_error_code",
             Failure::AckTimeout => "ack_timeout",
+            Failure::TlsHandshake => "tls_handshake_failed",
+            Failure::Tls => "tls_error",
         }
     }
 
@@ -90,7 +99,10 @@ impl Failure {
     pub fn is_connect(self) -> bool {
         matches!(
             self,
-            Failure::ConnectRefused | Failure::ConnectTimeout | Failure::ConnAckRefused
+            Failure::ConnectRefused
+                | Failure::ConnectTimeout
+                | Failure::ConnAckRefused
+                | Failure::TlsHandshake
         )
     }
 }
@@ -100,7 +112,8 @@ impl Failure {
 pub struct Observed {
     pub puback: Latency,
     pub subscriber: Latency,
-    /// Start of the TCP connect → CONNACK, per connection established.
+    /// Start of the TCP connect → CONNACK (TLS handshake included), per connection
+    /// established.
     pub connect: Latency,
     /// The first connect attempt (µs since the epoch; u64::MAX: none yet).
     pub first_connect_us: u64,
@@ -506,6 +519,7 @@ pub(crate) mod tests {
             per_device_csv: None,
             broker_pids: Vec::new(),
             child: false,
+            tls: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! shard's epoll set (see `net.rs` for why epoll) until a socket is ready or the next timer
 //! is due, and let each ready device read, act and send. The read, decode and write
 //! buffers belong to the shard and serve one device at a time, so a device keeps only its
-//! state: its slot of about 190 bytes, plus a few while it has messages in flight.
+//! state: its slot of about 200 bytes, plus a few while it has messages in flight. With
+//! `--tls` a device also holds its TLS connection (see `tls.rs`) while connected: about
+//! 8 KiB more, mostly rustls's own record buffers and keys.
 //!
 //! Shards share nothing but the [`Control`]: flags set by the main thread (go, stop), the
 //! counts that let subscribers and publishers wait for each other, and each shard's own
@@ -22,11 +24,13 @@ use std::sync::{mpsc, Arc};
 use bytes::BytesMut;
 use ferrymq::protocol::Decoder;
 use ferrymq::runtime;
+use rustls::ClientConnection;
 
 use crate::device::{Device, Event, Failure, Observed, Phase};
 use crate::net::{self, Epoll, Transfer, CLOSED, READABLE, WRITABLE};
 use crate::report::ShardCounters;
 use crate::scenario::{mix64, now_us, Scenario};
+use crate::tls;
 use crate::verify::DeviceRecord;
 
 /// Bytes one read takes from a socket: the shard's one read buffer.
@@ -138,6 +142,9 @@ enum SlotState {
 struct Slot {
     device: Device,
     socket: Option<OwnedFd>,
+    /// With `--tls`, the connection's TLS state, from the TCP connect to the close; a
+    /// plain device pays this empty pointer only.
+    tls: Option<Box<ClientConnection>>,
     state: SlotState,
     /// Bumped at every close, so that a stale epoll event or timer finds no match.
     generation: u32,
@@ -159,6 +166,7 @@ impl Slot {
         Slot {
             device,
             socket: None,
+            tls: None,
             state: SlotState::Queued,
             generation: 0,
             attempts: 0,
@@ -444,17 +452,30 @@ impl Driver {
         s.state = SlotState::Active;
         s.device.phase = Phase::Connecting;
         s.deadline_us = now + self.scenario.connect_timeout.as_micros() as u64;
-        if connected_now {
-            self.tcp_connected(slot, now);
+        if connected_now && !self.tcp_connected(slot, now) {
+            return;
         }
         self.step(slot, now);
     }
 
-    fn tcp_connected(&mut self, slot: usize, now: u64) {
+    /// The TCP connection is up: start TLS (its handshake goes out with the first send)
+    /// and queue CONNECT, which a TLS connection holds until its handshake is done.
+    /// `false` when the slot was closed.
+    fn tcp_connected(&mut self, slot: usize, now: u64) -> bool {
+        if let Some(client) = &self.scenario.tls {
+            match client.connect() {
+                Ok(connection) => self.slots[slot].tls = Some(connection),
+                Err(_) => {
+                    self.close(slot, Err(Failure::TlsHandshake), now);
+                    return false;
+                }
+            }
+        }
         let s = &mut self.slots[slot];
         s.device.leftover = Vec::new();
         s.device.pending_tx = Vec::new();
         s.device.connect(&self.scenario, now, &mut self.tx);
+        true
     }
 
     fn fire_timers(&mut self, now: u64) {
@@ -512,7 +533,9 @@ impl Driver {
                 }
                 return;
             }
-            self.tcp_connected(slot, now);
+            if !self.tcp_connected(slot, now) {
+                return;
+            }
         } else if flags & WRITABLE != 0 && !s.device.pending_tx.is_empty() {
             match net::send(fd, &s.device.pending_tx) {
                 Transfer::Done(n) => {
@@ -533,6 +556,9 @@ impl Driver {
 
     /// Reads until the socket is drained; `false` once the slot was closed.
     fn read(&mut self, slot: usize, fd: i32, now: u64) -> bool {
+        if self.slots[slot].tls.is_some() {
+            return self.read_tls(slot, fd, now);
+        }
         loop {
             match net::recv(fd, &mut self.rx) {
                 Transfer::Done(n) => {
@@ -549,6 +575,43 @@ impl Driver {
                 }
                 Transfer::WouldBlock => return true,
                 Transfer::Closed | Transfer::Failed => {
+                    self.lost(slot, now);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// [`Driver::read`] for a TLS device: ciphertext from the socket into its connection,
+    /// plaintext out of it into the shard's read buffer and on to the device.
+    fn read_tls(&mut self, slot: usize, fd: i32, now: u64) -> bool {
+        loop {
+            let s = &mut self.slots[slot];
+            let Some(connection) = s.tls.as_mut() else {
+                return false;
+            };
+            match tls::read(connection, fd, &mut self.rx) {
+                tls::Read::Plaintext(n) => {
+                    if let Err(failure) = self.receive(slot, n, now) {
+                        self.close(slot, Err(failure), now);
+                        return false;
+                    }
+                    if self.slots[slot].state != SlotState::Active {
+                        return false;
+                    }
+                }
+                tls::Read::WouldBlock => return true,
+                tls::Read::Refused => {
+                    // Tell the broker why (the alert rustls queued), then give up.
+                    tls::flush(connection, fd);
+                    let failure = match s.device.phase {
+                        Phase::Connecting | Phase::AwaitConnAck => Failure::TlsHandshake,
+                        _ => Failure::Tls,
+                    };
+                    self.close(slot, Err(failure), now);
+                    return false;
+                }
+                tls::Read::Closed | tls::Read::Failed => {
                     self.lost(slot, now);
                     return false;
                 }
@@ -650,10 +713,10 @@ impl Driver {
                 let leave = match device.subscriber_slot {
                     Some(_) => self.subscribers_leaving,
                     None => {
-                        if !self.stop_seen
-                            && device.has_messages_left(scenario)
-                            && device.pending_tx.is_empty()
-                        {
+                        // Publish only once what was sent before is out of the process.
+                        let blocked = !device.pending_tx.is_empty()
+                            || s.tls.as_ref().is_some_and(|c| c.wants_write());
+                        if !self.stop_seen && device.has_messages_left(scenario) && !blocked {
                             device.maybe_publish(
                                 scenario,
                                 now,
@@ -710,10 +773,20 @@ impl Driver {
     /// Sends what the device encoded into the shard's write buffer: at once if nothing of
     /// its own waits, else behind what does. `false` when the socket failed.
     fn send(&mut self, slot: usize) -> bool {
+        let s = &mut self.slots[slot];
+        if let Some(connection) = s.tls.as_mut() {
+            // TLS: the connection keeps what the socket did not take (ciphertext, or
+            // plaintext while the handshake is under way), and sends it when it can.
+            let sent = match s.socket.as_ref() {
+                Some(fd) => tls::write(connection, fd.as_raw_fd(), &self.tx),
+                None => true,
+            };
+            self.tx.clear();
+            return sent;
+        }
         if self.tx.is_empty() {
             return true;
         }
-        let s = &mut self.slots[slot];
         let Some(fd) = s.socket.as_ref().map(|f| f.as_raw_fd()) else {
             self.tx.clear();
             return true;
@@ -743,6 +816,7 @@ impl Driver {
     fn close(&mut self, slot: usize, result: Result<(), Failure>, now: u64) {
         let s = &mut self.slots[slot];
         s.socket = None; // closing the descriptor also removes it from the epoll set
+        s.tls = None;
         s.generation = s.generation.wrapping_add(1);
         s.timer_us = u64::MAX;
         if s.connected {

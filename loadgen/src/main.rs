@@ -28,6 +28,7 @@ mod procs;
 mod report;
 mod run;
 mod scenario;
+mod tls;
 mod verify;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -47,8 +48,8 @@ static GLOBAL: report::CountingAllocator = report::CountingAllocator;
 /// with --verify-kafka it reads the mapped Kafka topic and reports, per device, what was
 /// sent, acknowledged, received, lost, duplicated and out of order, with latencies; with
 /// --subscribers or --one-to-one, what subscribing devices received. It also reports the
-/// connect rate and TCP connect → CONNACK latency. Plain TCP only: TLS is not supported
-/// yet. Exit status: 0 when no acknowledged message is missing (nor, one-to-one, delivered
+/// connect rate and TCP connect → CONNACK latency (TLS handshake included with --tls).
+/// Exit status: 0 when no acknowledged message is missing (nor, one-to-one, delivered
 /// to the wrong subscriber), 1 when one is, 2 for bad flags or a failed preflight, 3 for
 /// other errors.
 #[derive(Parser, Debug)]
@@ -203,6 +204,29 @@ struct Args {
     /// memory per connection: VmRSS at the start and at the most connections.
     #[arg(long, value_delimiter = ',')]
     broker_pid: Vec<u32>,
+    /// MQTT over TLS (1.2 or 1.3, rustls): every device makes a full TLS handshake (no
+    /// session resumption) and holds a TLS connection, which costs a few KiB more per
+    /// connected device than plain TCP (see the report's memory figures). Needs --cafile,
+    /// or --insecure.
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA certificate(s) that verify the broker's certificate (--tls).
+    #[arg(long, value_name = "PATH")]
+    cafile: Option<String>,
+    /// With --tls and no --cafile: accept any broker certificate, unverified (the
+    /// connection is encrypted but the broker is not authenticated: for tests only).
+    #[arg(long)]
+    insecure: bool,
+    /// PEM client certificate (chain) for mutual TLS; needs --key.
+    #[arg(long, value_name = "PATH")]
+    cert: Option<String>,
+    /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH")]
+    key: Option<String>,
+    /// Name the broker's certificate must hold (DNS name or IP address) [default: the host
+    /// of -h, or of the first --targets].
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// Internal: run as one of --procs' children.
     #[arg(long, hide = true)]
     child: bool,
@@ -275,6 +299,30 @@ fn check(args: &Args) -> Result<(), String> {
     }
     if args.per_device.is_some() && args.verify_kafka.is_none() {
         return Err("--per-device: needs --verify-kafka".into());
+    }
+    if !args.tls {
+        for (given, flag) in [
+            (args.cafile.is_some(), "--cafile"),
+            (args.insecure, "--insecure"),
+            (args.cert.is_some(), "--cert"),
+            (args.key.is_some(), "--key"),
+            (args.tls_server_name.is_some(), "--tls-server-name"),
+        ] {
+            if given {
+                return Err(format!("{flag}: needs --tls"));
+            }
+        }
+    } else {
+        if args.cafile.is_none() && !args.insecure {
+            return Err(
+                "--tls: give --cafile PATH (the PEM CA that signed the broker's \
+                        certificate) to verify the broker, or --insecure to skip verification"
+                    .into(),
+            );
+        }
+        if args.cert.is_some() != args.key.is_some() {
+            return Err("--cert and --key: give both or neither".into());
+        }
     }
     if args.one_to_one {
         if args.churn || args.churn_total.is_some() {
@@ -418,7 +466,34 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
         per_device_csv: args.per_device.clone(),
         broker_pids: args.broker_pid.clone(),
         child: args.child,
+        tls: if args.tls {
+            Some(tls::TlsClient::new(&tls::TlsOptions {
+                cafile: args.cafile.clone(),
+                insecure: args.insecure,
+                cert: args.cert.clone(),
+                key: args.key.clone(),
+                server_name: args
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| default_server_name(args)),
+            })?)
+        } else {
+            None
+        },
     })
+}
+
+/// `--tls-server-name`'s default: the host of -h, or of the first --targets entry.
+fn default_server_name(args: &Args) -> String {
+    let Some(target) = args.targets.first() else {
+        return args.host.clone();
+    };
+    let host = target
+        .rsplit_once(':')
+        .map_or(target.as_str(), |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// The connections of the whole run and of its busiest process, for the preflight.

@@ -158,6 +158,50 @@ pub fn send(fd: RawFd, bytes: &[u8]) -> Transfer {
     transfer(n)
 }
 
+/// A socket as `io::Read` and `io::Write`, non-blocking (`WouldBlock` when empty or
+/// full): what a TLS connection reads ciphertext from and writes it to.
+pub struct Socket(pub RawFd);
+
+impl io::Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv into a live buffer of its length.
+        let n = unsafe {
+            libc::recv(
+                self.0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl io::Write for Socket {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: as in `send`.
+        let n = unsafe {
+            libc::send(
+                self.0,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn transfer(n: isize) -> Transfer {
     match n {
         0 => Transfer::Closed,

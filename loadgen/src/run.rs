@@ -106,8 +106,13 @@ pub fn describe(scenario: &Scenario) -> String {
         text.push_str(&format!(", {} subscribers", scenario.subscribers));
     }
     text.push_str(&format!(
-        ", MQTT {}, {} shard(s)",
+        ", MQTT {}{}, {} shard(s)",
         scenario.protocol.level(),
+        if scenario.tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
         scenario.cores.len()
     ));
     text

@@ -273,6 +273,8 @@ pub struct Scenario {
     pub broker_pids: Vec<u32>,
     /// Run as a child of `--procs`: machine-readable progress on stdout, no table.
     pub child: bool,
+    /// `--tls`: the devices speak MQTT over TLS with this client configuration.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 impl Scenario {
