@@ -5,51 +5,15 @@
 //! every message acknowledged and none lost.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 fn bootstrap() -> String {
     std::env::var("FERRYMQ_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
-}
-
-/// `prefix-PID-NANOS`: a Kafka topic, MQTT topic level and client id prefix no other run
-/// uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000_000;
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn loadgen() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ferrymq-loadgen"))
-}
-
-/// The broker binary beside the loadgen, built (same profile) if it is not there yet:
-/// it belongs to the workspace's other package.
-fn broker_binary() -> PathBuf {
-    let dir = loadgen().parent().unwrap();
-    let profile_release = dir.ends_with("release");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "-p", "ferrymq", "--bin", "ferrymq"]);
-    if profile_release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build for ferrymq");
-    assert!(status.success(), "building ferrymq failed");
-    dir.join("ferrymq")
 }
 
 struct Broker {
@@ -147,16 +111,6 @@ fn run_loadgen(
         output.status.code().unwrap_or(-1),
         serde_json::from_str(&report).expect("JSON report"),
     )
-}
-
-fn figure(report: &serde_json::Value, path: &str) -> u64 {
-    let mut value = report;
-    for key in path.split('.') {
-        value = &value[key];
-    }
-    value
-        .as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
 }
 
 /// 200 devices, 10 QoS 1 messages each, through `ack = "kafka"`: all 2,000 acknowledged,

@@ -5,32 +5,13 @@
 //! latency per connection with a connect rate. Also with `--procs 2`, and the flags that
 //! do not go with `--one-to-one` refused.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-fn loadgen() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ferrymq-loadgen"))
-}
-
-/// `prefix-PID-NANOS`: a topic level and client id prefix no other run uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000_000;
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::*;
 
 struct Mosquitto {
     child: Child,
@@ -96,26 +77,6 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn value<'a>(report: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
-    let mut value = report;
-    for key in path.split('.') {
-        value = &value[key];
-    }
-    value
-}
-
-fn figure(report: &serde_json::Value, path: &str) -> u64 {
-    value(report, path)
-        .as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
-}
-
-fn rate(report: &serde_json::Value, path: &str) -> f64 {
-    value(report, path)
-        .as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
 }
 
 /// Checks what every one-to-one run must show for `pairs` pairs of `messages` QoS 1

@@ -7,51 +7,18 @@
 //! that `--tls` needs are checked before anything runs.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 
-fn loadgen() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ferrymq-loadgen"))
-}
-
-/// `prefix-PID-NANOS`: a directory, topic level and client id prefix no other run uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000_000;
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The broker binary beside the loadgen, built (same profile) if it is not there yet:
-/// it belongs to the workspace's other package.
-fn broker_binary() -> PathBuf {
-    let dir = loadgen().parent().unwrap();
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "-p", "ferrymq", "--bin", "ferrymq"]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build for ferrymq");
-    assert!(status.success(), "building ferrymq failed");
-    dir.join("ferrymq")
-}
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------
 // Certificates
@@ -222,16 +189,6 @@ fn run_loadgen(broker: &Broker, args: &[&str]) -> (i32, serde_json::Value) {
         output.status.code().unwrap_or(-1),
         serde_json::from_str(&report).expect("JSON report"),
     )
-}
-
-fn figure(report: &serde_json::Value, path: &str) -> u64 {
-    let mut value = report;
-    for key in path.split('.') {
-        value = &value[key];
-    }
-    value
-        .as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
 }
 
 /// 50 devices × 20 QoS 1 messages and one subscriber, all over TLS on `port`, with
