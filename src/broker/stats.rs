@@ -65,7 +65,8 @@ counters! {
     /// TLS handshakes that failed or timed out (the log says why, for the first of each
     /// kind every few seconds).
     tls_handshake_failures,
-    /// CONNECTs refused for bad credentials or as not authorized (password file).
+    /// CONNECTs refused for bad credentials, as not authorized (anonymous not allowed), or
+    /// for a will topic the ACL does not let the client write.
     auth_failures,
     /// PUBLISHes the ACL refused, and deliveries a subscriber may not read (ACL file).
     dropped_not_authorized,
