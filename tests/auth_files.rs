@@ -102,7 +102,15 @@ impl Mosquitto {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return broker;
+                    // Rows start brokers in parallel, and two can draw the same free
+                    // port: the connect may have reached the other row's Mosquitto while
+                    // ours failed to bind. A failed bind exits at once, so ours still
+                    // running a moment later means the port is ours.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if broker.child.try_wait().unwrap().is_none() {
+                        return broker;
+                    }
+                    break;
                 }
                 if broker.child.try_wait().unwrap().is_some() {
                     break;
