@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::kafka;
+use common::metrics::{http_get, metric};
 use common::{free_port, Broker};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode as ConnectCode5, PubAckReason, PubRecReason, SubscribeReasonCode as SubCode5,
@@ -176,35 +177,6 @@ fn mosquitto_pub(
 
 // ---------------------------------------------------------------------------------------
 // Counters
-
-/// GET `path` on the metrics endpoint: the body.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string())
-}
-
-/// The value of `ferrymq_NAME` (or `ferrymq_NAME_total`) in a Prometheus text body.
-fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            let key = key.strip_prefix("ferrymq_")?;
-            (key == name || key.strip_suffix("_total") == Some(name))
-                .then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))
-                .flatten()
-        })
-}
 
 /// Polls the metrics endpoint until counter `name` equals `expected` (the board is
 /// refreshed periodically); returns the last value seen.

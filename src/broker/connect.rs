@@ -27,13 +27,18 @@ use super::stats::ShardStats;
 
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY_MS: u64 = 10;
+/// At most one log line per this interval for failed accepts on one listener of a shard.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener`; `tls` for a TLS listener.
 pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc<TlsListener>>) {
+    let mut error_log = AcceptErrorLog::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
-            Err(_) => {
+            Err(error) => {
+                ShardStats::incr(&shard.stats.accept_errors);
+                error_log.record(&listener, &std::io::Error::from(error));
                 runtime::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }
@@ -50,6 +55,51 @@ pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc
         ShardStats::incr(&shard.stats.connections_accepted);
         let _ = stream.set_nodelay(true);
         runtime::spawn(handle_accepted(shard.clone(), stream, tls.clone()));
+    }
+}
+
+/// Logs failed accepts: the first at once, then at most one line per
+/// [`ACCEPT_ERROR_LOG_INTERVAL`] with the count of those not logged. Out of descriptors
+/// (EMFILE, ENFILE) is the usual cause and the line says what to raise.
+#[derive(Default)]
+struct AcceptErrorLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrorLog {
+    fn record(&mut self, listener: &TcpListener, error: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        self.last = Some(now);
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "a listener".to_string(), |a| a.to_string());
+        let hint = match error.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                "; each connection holds a descriptor: raise ulimit -n (LimitNOFILE=) and \
+                 fs.nr_open, see tuning.md \"Open files\""
+            }
+            _ => "",
+        };
+        let more = if unlogged > 0 {
+            format!("; {unlogged} more since the last such line")
+        } else {
+            String::new()
+        };
+        tracing::warn!(
+            listener = %addr,
+            error = %error,
+            unlogged,
+            "accept on {addr} failed: {error}{hint}{more}"
+        );
     }
 }
 
@@ -255,11 +305,35 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
         return;
     }
     ShardStats::incr(&shard.stats.connections_handed_off);
-    let Ok(stream) = std::rc::Rc::try_unwrap(stream).map(std::cell::RefCell::into_inner) else {
+    let Ok(mut stream) = std::rc::Rc::try_unwrap(stream).map(std::cell::RefCell::into_inner) else {
         unreachable!("only this task holds the socket before the hand-off");
     };
-    match runtime::detach_stream(stream) {
-        Ok(stream) => {
+    // The hand-off needs a spare descriptor for a moment. Out of them, the client waits
+    // (it has no CONNACK yet) until one frees up or its connect timeout ends.
+    let detached = loop {
+        match runtime::detach_stream(stream) {
+            Ok(detached) => break Some(detached),
+            Err(failed)
+                if runtime::out_of_descriptors(&failed.0) && accepted_at.elapsed() < limit =>
+            {
+                stream = failed.1;
+                runtime::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            }
+            Err(failed) => {
+                let error = failed.0;
+                ShardStats::incr(&shard.stats.handoff_failures);
+                tracing::warn!(
+                    client_id = %connect.client_id,
+                    error = %error,
+                    "hand-off of client {} to shard {owner} failed: {error}; connection closed",
+                    connect.client_id
+                );
+                break None;
+            }
+        }
+    };
+    match detached {
+        Some(stream) => {
             let handoff = ShardMessage::Handoff {
                 stream,
                 connect,
@@ -269,7 +343,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
             };
             let _ = Box::pin(shard.senders.send(owner, handoff)).await;
         }
-        Err(_) => {
+        None => {
             shard.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
     }

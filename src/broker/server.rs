@@ -74,6 +74,7 @@ pub fn run(config: Config) -> io::Result<()> {
         None => None,
     };
     // Logged once every setting has been checked: a config error stays the only line.
+    raise_open_files_limit(config.broker.connections_max, cpus.len());
     announce_listeners(&listeners, &cpus);
     if let Some(addr) = metrics_addr {
         info!(addr = %addr, "metrics on http://{addr}/metrics");
@@ -137,6 +138,49 @@ fn announce_listeners(listeners: &[Listener], cpus: &[usize]) {
         if to_stdout {
             println!("ferrymq: {line}");
         }
+    }
+}
+
+/// Descriptors the broker holds besides its connections: listeners, io_uring rings and
+/// eventfds per shard (7 per shard and 3 more, measured without Kafka), the spool's segment
+/// files, librdkafka's sockets and pipes per producer. An estimate with room to spare;
+/// connections are the part that grows.
+const FDS_BASE: u64 = 64;
+const FDS_PER_SHARD: u64 = 32;
+
+/// Raises the soft open-files limit as far as `connections_max` needs (each connection is
+/// one descriptor) and the hard limit allows, and warns in one line when the hard limit
+/// holds fewer connections than `connections_max`: beyond it accepts fail (counted in
+/// `accept_errors`) while clients wait in the listen backlog.
+fn raise_open_files_limit(connections_max: usize, shards: usize) {
+    let needed = connections_max as u64 + FDS_BASE + FDS_PER_SHARD * shards as u64;
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = needed.min(limit.rlim_max);
+    if wanted > limit.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    if limit.rlim_cur < needed {
+        let room = limit
+            .rlim_cur
+            .saturating_sub(FDS_BASE + FDS_PER_SHARD * shards as u64);
+        warn!(
+            open_files_limit = limit.rlim_cur,
+            connections_max,
+            "open files: the limit of {} descriptors (RLIMIT_NOFILE) holds about {room} \
+             connections, fewer than broker.connections_max = {connections_max}; raise \
+             ulimit -n (LimitNOFILE=) and fs.nr_open to {needed} (tuning.md, \"Open files\")",
+            limit.rlim_cur
+        );
     }
 }
 

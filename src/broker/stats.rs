@@ -74,6 +74,12 @@ counters! {
     subscriptions_not_authorized,
     /// Connections closed at accept because `connections_max` were open.
     connections_refused_max,
+    /// Failed accepts, most often out of file descriptors (the log says why, once every
+    /// few seconds); the client waits in the listen backlog meanwhile.
+    accept_errors,
+    /// Connections closed because their hand-off to the owner shard failed (out of file
+    /// descriptors for longer than the connect timeout).
+    handoff_failures,
     messages_received,
     messages_sent,
     bytes_received,

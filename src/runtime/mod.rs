@@ -228,8 +228,11 @@ pub struct DetachedStream {
 }
 
 /// Detaches the socket of `stream` (and its TLS session) so that another shard can adopt it
-/// with [`adopt_stream`]; the local handle is closed.
-pub fn detach_stream(stream: Stream) -> io::Result<DetachedStream> {
+/// with [`adopt_stream`]; the local handle is closed. It takes one spare descriptor for a
+/// moment (glommio's stream closes its own on drop, so the socket is duplicated first):
+/// when none is left (EMFILE, ENFILE), the stream comes back with the error, untouched
+/// (boxed: a rare path, and the pair is large).
+pub fn detach_stream(stream: Stream) -> Result<DetachedStream, Box<(io::Error, Stream)>> {
     let (tcp, tls) = match stream {
         Stream::Plain(tcp) => (tcp, None),
         Stream::Tls(stream) => {
@@ -240,7 +243,12 @@ pub fn detach_stream(stream: Stream) -> io::Result<DetachedStream> {
     // SAFETY: dup returns a new descriptor we own; the stream closes the original.
     let fd = unsafe { libc::dup(tcp.as_raw_fd()) };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        let error = io::Error::last_os_error();
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(session) => Stream::from(tls::TlsStream::from_parts(tcp, *session)),
+        };
+        return Err(Box::new((error, stream)));
     }
     drop(tcp);
     Ok(DetachedStream {
@@ -248,6 +256,14 @@ pub fn detach_stream(stream: Stream) -> io::Result<DetachedStream> {
         fd: unsafe { OwnedFd::from_raw_fd(fd) },
         tls,
     })
+}
+
+/// Whether `error` says the process or the system is out of file descriptors.
+pub fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
 }
 
 /// Wraps a connection detached on another shard for I/O on this one.

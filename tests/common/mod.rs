@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod metrics;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -68,18 +69,41 @@ impl Broker {
     /// Starts `ferrymq` with `args` after `--listen` and `--cores`, and waits until it
     /// accepts connections.
     pub fn start_with(args: &[&str]) -> Broker {
-        Broker::start_inner(args, false)
+        Broker::start_inner(args, false, None)
     }
 
     /// [`Broker::start_with`], keeping what the broker writes to stderr for
     /// [`Broker::stderr_text`].
     pub fn start_capturing_stderr(args: &[&str]) -> Broker {
-        Broker::start_inner(args, true)
+        Broker::start_inner(args, true, None)
     }
 
-    fn start_inner(args: &[&str], capture_stderr: bool) -> Broker {
+    /// [`Broker::start_capturing_stderr`] with its open-files limit (RLIMIT_NOFILE, soft
+    /// and hard) set to `open_files` before it runs.
+    pub fn start_with_open_files_limit(args: &[&str], open_files: u64) -> Broker {
+        Broker::start_inner(args, true, Some(open_files))
+    }
+
+    fn start_inner(args: &[&str], capture_stderr: bool, open_files: Option<u64>) -> Broker {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--cores")
