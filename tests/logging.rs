@@ -332,7 +332,12 @@ fn listening_is_written_once_when_stdout_is_stderr() {
         .unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success());
-    let rest: Vec<String> = output.iter().collect();
+    // Where the open-files limit holds fewer connections than the default connections_max
+    // (20,000 on this project's machines), a line after the listening one says so.
+    let rest: Vec<String> = output
+        .iter()
+        .filter(|line| !line.starts_with("ferrymq: open files: "))
+        .collect();
     assert!(
         !rest.iter().any(|l| l.contains("listening on")),
         "twice: {first:?} then {rest:?}"

@@ -290,3 +290,101 @@ fn counts_messages_by_qos_and_shard_busy_time() {
         "{before:?} then {after:?}"
     );
 }
+
+/// The sum of `name{shard="N"...}` samples over the shards.
+fn sum_over_shards(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{shard=")) && !line.contains("quantile"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A durable mapping's spool metrics: every acknowledged record was appended (append
+/// latency: append → durable, what the PUBACK waited for), flushed, and once Kafka has them
+/// none is left unacknowledged in the spool.
+#[test]
+fn spool_metrics_count_appends_flushes_and_records_kafka_has_not_acknowledged() {
+    let metrics_port = free_port();
+    let topic = format!("metrics-spool-{}", std::process::id());
+    let data_dir = std::env::temp_dir().join(format!("ferrymq-{topic}-data"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let config = std::env::temp_dir().join(format!("ferrymq-{topic}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.clusters.main]\nbootstrap = \"{}\"\n\n[[kafka.mapping]]\nmqtt = \"spooled/#\"\ntopic = \"{topic}\"\nack = \"durable\"\n\n[spool]\ndata_dir = \"{}\"\n",
+            bootstrap(),
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    const MESSAGES: usize = 5;
+    for i in 0..MESSAGES {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args([
+                "-V",
+                "mqttv311",
+                "-q",
+                "1",
+                "-t",
+                &format!("spooled/{i}"),
+                "-m",
+                "x",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "QoS 1 publish acknowledged once on disk");
+    }
+    let done = |body: &str| {
+        sum_over_shards(body, "ferrymq_spool_append_latency_seconds_count") >= MESSAGES as f64
+            && sum_over_shards(body, "ferrymq_spool_records") == 0.0
+    };
+    let (_, body) = wait_for(
+        metrics_port,
+        "/metrics",
+        Duration::from_secs(20),
+        |_, body| done(body),
+    );
+    check_exposition(&body);
+    assert_eq!(
+        sum_over_shards(&body, "ferrymq_spool_append_latency_seconds_count"),
+        MESSAGES as f64,
+        "one append latency per durable record\n{body}"
+    );
+    let flushes = sum_over_shards(&body, "ferrymq_spool_flush_latency_seconds_count");
+    assert!(
+        (1.0..=MESSAGES as f64).contains(&flushes),
+        "each record made durable by a flush (group commit may share one): {flushes}\n{body}"
+    );
+    assert_eq!(
+        sum_over_shards(&body, "ferrymq_spool_records"),
+        0.0,
+        "Kafka acknowledged every spooled record\n{body}"
+    );
+    assert!(
+        sum_over_shards(&body, "ferrymq_spool_bytes") > 0.0,
+        "the records are in the spool's segment until it is full\n{body}"
+    );
+    let p50_of_shard_with_appends = body
+        .lines()
+        .filter(|line| {
+            line.starts_with("ferrymq_spool_append_latency_seconds{")
+                && line.contains("quantile=\"0.5\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(
+        p50_of_shard_with_appends > 0.0,
+        "append latency is measured\n{body}"
+    );
+    drop(broker);
+    let _ = std::fs::remove_file(config);
+    let _ = std::fs::remove_dir_all(data_dir);
+}

@@ -102,8 +102,9 @@ pub struct ShardBridge {
     /// The durable log of this shard, when a mapping has `ack = "durable"`.
     spool: Option<Rc<RefCell<SpoolLog>>>,
     spool_max_bytes: u64,
-    /// Spooled records not yet flushed, with the ticket each counts towards (0: none).
-    spool_waiting: VecDeque<(u64, u64)>,
+    /// Spooled records not yet flushed: sequence number, the ticket each counts towards
+    /// (0: none), and when it was appended (for the append latency).
+    spool_waiting: VecDeque<(u64, u64, Instant)>,
     /// Records read back from the spool that found their ring full; sent first next time.
     spool_backlog: VecDeque<(usize, Record)>,
     /// Spooled records whose cluster no longer exists in the configuration.
@@ -239,17 +240,24 @@ impl ShardBridge {
         };
         let seq = spool.borrow_mut().append(spooled, now);
         self.counters[record.mapping as usize].produced += 1;
-        self.spool_waiting.push_back((seq, record.ticket));
+        self.spool_waiting.push_back((seq, record.ticket, now));
     }
 
-    /// The spool's flush made every record up to `last_seq` durable: their waits end.
-    pub fn spool_flushed(&mut self, last_seq: u64, now: Instant) -> Vec<Completed> {
+    /// The spool's flush made every record up to `last_seq` durable: their waits end, and
+    /// each one's append latency goes to `stats`.
+    pub fn spool_flushed(
+        &mut self,
+        last_seq: u64,
+        now: Instant,
+        stats: &crate::spool::SpoolStats,
+    ) -> Vec<Completed> {
         let mut completed = Vec::new();
-        while let Some(&(seq, ticket)) = self.spool_waiting.front() {
+        while let Some(&(seq, ticket, appended_at)) = self.spool_waiting.front() {
             if seq > last_seq {
                 break;
             }
             self.spool_waiting.pop_front();
+            stats.record_append(now.saturating_duration_since(appended_at));
             if ticket != 0 {
                 self.count_down(ticket, Ok(()), now, &mut completed, None);
             }

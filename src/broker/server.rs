@@ -74,8 +74,11 @@ pub fn run(config: Config) -> io::Result<()> {
         None => None,
     };
     // Logged once every setting has been checked: a config error stays the only line.
-    raise_open_files_limit(config.broker.connections_max, cpus.len());
+    let open_files = raise_open_files_limit(config.broker.connections_max, cpus.len());
     announce_listeners(&listeners, &cpus);
+    if let Some(shortfall) = open_files {
+        shortfall.log(config.broker.connections_max);
+    }
     if let Some(addr) = metrics_addr {
         info!(addr = %addr, "metrics on http://{addr}/metrics");
     }
@@ -149,15 +152,16 @@ const FDS_BASE: u64 = 64;
 const FDS_PER_SHARD: u64 = 32;
 
 /// Raises the soft open-files limit as far as `connections_max` needs (each connection is
-/// one descriptor) and the hard limit allows, and warns in one line when the hard limit
+/// one descriptor) and the hard limit allows. Returns what falls short when the limit
 /// holds fewer connections than `connections_max`: beyond it accepts fail (counted in
 /// `accept_errors`) while clients wait in the listen backlog.
-fn raise_open_files_limit(connections_max: usize, shards: usize) {
-    let needed = connections_max as u64 + FDS_BASE + FDS_PER_SHARD * shards as u64;
+fn raise_open_files_limit(connections_max: usize, shards: usize) -> Option<OpenFilesShortfall> {
+    let overhead = FDS_BASE + FDS_PER_SHARD * shards as u64;
+    let needed = connections_max as u64 + overhead;
     // SAFETY: getrlimit/setrlimit read and write the struct we own.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
+        return None;
     }
     let wanted = needed.min(limit.rlim_max);
     if wanted > limit.rlim_cur {
@@ -169,18 +173,42 @@ fn raise_open_files_limit(connections_max: usize, shards: usize) {
             limit.rlim_cur = wanted;
         }
     }
-    if limit.rlim_cur < needed {
-        let room = limit
-            .rlim_cur
-            .saturating_sub(FDS_BASE + FDS_PER_SHARD * shards as u64);
-        warn!(
-            open_files_limit = limit.rlim_cur,
-            connections_max,
-            "open files: the limit of {} descriptors (RLIMIT_NOFILE) holds about {room} \
-             connections, fewer than broker.connections_max = {connections_max}; raise \
-             ulimit -n (LimitNOFILE=) and fs.nr_open to {needed} (tuning.md, \"Open files\")",
-            limit.rlim_cur
+    (limit.rlim_cur < needed).then(|| OpenFilesShortfall {
+        limit: limit.rlim_cur,
+        connections: limit.rlim_cur.saturating_sub(overhead),
+        needed,
+    })
+}
+
+/// The open-files limit holds fewer connections than `connections_max`.
+#[derive(Clone, Copy)]
+struct OpenFilesShortfall {
+    limit: u64,
+    /// Connections the limit leaves room for.
+    connections: u64,
+    /// The limit `connections_max` needs.
+    needed: u64,
+}
+
+impl OpenFilesShortfall {
+    /// One line, after the listeners: a warning when `connections_max` was asked for, only
+    /// information when it is the default (which assumes a generous limit).
+    fn log(&self, connections_max: usize) {
+        let OpenFilesShortfall {
+            limit,
+            connections,
+            needed,
+        } = *self;
+        let line = format!(
+            "open files: the limit of {limit} descriptors (RLIMIT_NOFILE) holds about \
+             {connections} connections, fewer than broker.connections_max = {connections_max}; \
+             raise ulimit -n (LimitNOFILE=) and fs.nr_open to {needed} (tuning.md, \"Open files\")"
         );
+        if connections_max == BrokerConfig::default().connections_max {
+            info!(open_files_limit = limit, connections_max, "{line}");
+        } else {
+            warn!(open_files_limit = limit, connections_max, "{line}");
+        }
     }
 }
 
@@ -267,6 +295,7 @@ async fn metrics_loop(shard: ShardRef) {
                     .oldest_unacked_age(Instant::now())
                     .map_or(0.0, |age| age.as_secs_f64()),
                 flush_latency_us: shard.spool_stats.flush_latency_us.borrow().clone(),
+                append_latency_us: shard.spool_stats.append_latency_us.borrow().clone(),
                 replayed: shard.spool_stats.replayed.get(),
                 write_errors: shard.spool_stats.write_errors.get(),
             }
@@ -647,10 +676,11 @@ async fn spool_flush_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>, config:
             match spool_log::flush(&spool).await {
                 Ok(Some(flushed)) => {
                     shard.spool_stats.record_flush(started.elapsed());
-                    let completed = shard
-                        .bridge
-                        .borrow_mut()
-                        .spool_flushed(flushed.last_seq, Instant::now());
+                    let completed = shard.bridge.borrow_mut().spool_flushed(
+                        flushed.last_seq,
+                        Instant::now(),
+                        &shard.spool_stats,
+                    );
                     for done in completed {
                         acknowledge_pending(&shard, done.ack);
                     }

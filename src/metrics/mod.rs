@@ -30,6 +30,8 @@ pub struct SpoolSnapshot {
     pub records_unacked: u64,
     pub oldest_unacked_secs: f64,
     pub flush_latency_us: Histogram<u64>,
+    /// Append → durable, µs (what a durable PUBACK waits for).
+    pub append_latency_us: Histogram<u64>,
     pub replayed: u64,
     pub write_errors: u64,
 }
@@ -160,6 +162,9 @@ pub fn new_latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
 }
 
+/// One of a spool snapshot's latency histograms.
+type SpoolHistogram = fn(&SpoolSnapshot) -> &Histogram<u64>;
+
 /// The board in Prometheus text format (version 0.0.4).
 pub fn render_prometheus(board: &Board) -> String {
     let totals = board.totals();
@@ -243,13 +248,25 @@ pub fn render_prometheus(board: &Board) -> String {
                 let _ = writeln!(out, "ferrymq_{name}{{shard=\"{shard}\"}} {}", get(spool));
             }
         }
-        let _ = writeln!(out, "# TYPE ferrymq_spool_flush_latency_seconds summary");
-        for (shard, spool) in &spools {
-            for quantile in [0.5, 0.99, 0.999] {
+        let summaries: [(&str, SpoolHistogram); 2] = [
+            ("spool_flush_latency_seconds", |s| &s.flush_latency_us),
+            ("spool_append_latency_seconds", |s| &s.append_latency_us),
+        ];
+        for (name, histogram_of) in summaries {
+            let _ = writeln!(out, "# TYPE ferrymq_{name} summary");
+            for (shard, spool) in &spools {
+                let histogram = histogram_of(spool);
+                for quantile in [0.5, 0.99, 0.999] {
+                    let _ = writeln!(
+                        out,
+                        "ferrymq_{name}{{shard=\"{shard}\",quantile=\"{quantile}\"}} {}",
+                        histogram.value_at_quantile(quantile) as f64 / 1e6
+                    );
+                }
                 let _ = writeln!(
                     out,
-                    "ferrymq_spool_flush_latency_seconds{{shard=\"{shard}\",quantile=\"{quantile}\"}} {}",
-                    spool.flush_latency_us.value_at_quantile(quantile) as f64 / 1e6
+                    "ferrymq_{name}_count{{shard=\"{shard}\"}} {}",
+                    histogram.len()
                 );
             }
         }
@@ -390,7 +407,8 @@ mod tests {
                         bytes: 4096,
                         records_unacked: 3,
                         oldest_unacked_secs: 0.5,
-                        flush_latency_us: latency,
+                        flush_latency_us: latency.clone(),
+                        append_latency_us: latency,
                         replayed: 0,
                         write_errors: 0,
                     }),

@@ -17,6 +17,9 @@ pub struct SpoolStats {
     pub replayed: Cell<u64>,
     /// Flush (write + fdatasync) latency, µs.
     pub flush_latency_us: std::cell::RefCell<Histogram<u64>>,
+    /// Append latency, µs: from a record's append to the end of the flush that made it
+    /// durable (the group-commit wait plus the flush), which is what a durable PUBACK waits.
+    pub append_latency_us: std::cell::RefCell<Histogram<u64>>,
 }
 
 impl Default for SpoolStats {
@@ -25,13 +28,22 @@ impl Default for SpoolStats {
             write_errors: Cell::new(0),
             replayed: Cell::new(0),
             flush_latency_us: std::cell::RefCell::new(crate::metrics::new_latency_histogram()),
+            append_latency_us: std::cell::RefCell::new(crate::metrics::new_latency_histogram()),
         }
     }
 }
 
 impl SpoolStats {
     pub fn record_flush(&self, took: Duration) {
-        let us = (took.as_micros() as u64).clamp(1, crate::metrics::LATENCY_US_MAX);
-        let _ = self.flush_latency_us.borrow_mut().record(us);
+        let _ = self.flush_latency_us.borrow_mut().record(latency_us(took));
     }
+
+    pub fn record_append(&self, took: Duration) {
+        let _ = self.append_latency_us.borrow_mut().record(latency_us(took));
+    }
+}
+
+/// `took` in µs within the histograms' range.
+fn latency_us(took: Duration) -> u64 {
+    (took.as_micros() as u64).clamp(1, crate::metrics::LATENCY_US_MAX)
 }
