@@ -129,6 +129,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a durable QoS 1/2 publisher gets while its shard's spool holds `spool.max_bytes`;
+/// TOML `spool.when_full`, flag `--spool-when-full`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolWhenFull {
+    /// Stop reading the publisher until the spool has room: nothing is refused, the device
+    /// waits (TCP backpressure).
+    #[default]
+    Hold,
+    /// Answer an MQTT 5.0 publisher's PUBLISH with PUBACK/PUBREC 0x97 Quota exceeded, so it
+    /// knows at once and may retry later or elsewhere; 3.1.1 clients, which have no
+    /// negative acknowledgement, are held as with `hold`.
+    Refuse,
+}
+
 /// The per-shard durable log; TOML `[spool]`. Used only by `ack = "durable"` mappings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table")]
@@ -146,6 +161,8 @@ pub struct SpoolConfig {
     /// Size at which a segment file is closed and a new one started; a segment is deleted
     /// once Kafka has all its records. 64 MiB.
     pub segment_bytes: u64,
+    /// Durable QoS 1/2 publishers while the spool is full: held or refused (5.0 only).
+    pub when_full: SpoolWhenFull,
 }
 
 impl Default for SpoolConfig {
@@ -156,6 +173,7 @@ impl Default for SpoolConfig {
             sync_bytes: 1024 * 1024,
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+            when_full: SpoolWhenFull::Hold,
         }
     }
 }
@@ -633,6 +651,11 @@ pub struct BrokerArgs {
     /// [default: 1073741824]
     #[arg(long = "spool-max-bytes", value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// Durable QoS 1/2 publishers while the spool is full: hold (stop reading them) or
+    /// refuse (MQTT 5.0 clients get PUBACK/PUBREC 0x97 Quota exceeded; 3.1.1 clients are
+    /// held); TOML spool.when_full. [default: hold]
+    #[arg(long = "spool-when-full", value_name = "POLICY", value_enum)]
+    pub spool_when_full: Option<SpoolWhenFull>,
     /// Password file in mosquitto_passwd's format (make one with `ferrymq passwd`); clients
     /// then need a user name and password. Reloaded on SIGHUP. TOML auth.password_file.
     /// [default: none]
@@ -779,6 +802,7 @@ impl Config {
             spool_sync_us,
             spool_sync_bytes,
             spool_max_bytes,
+            spool_when_full,
             ref password_file,
             ref acl_file,
             allow_anonymous,
@@ -830,6 +854,7 @@ impl Config {
         set(&mut p.sync_us, spool_sync_us);
         set(&mut p.sync_bytes, spool_sync_bytes);
         set(&mut p.max_bytes, spool_max_bytes);
+        set(&mut p.when_full, spool_when_full);
         let a = &mut self.auth;
         if password_file.is_some() {
             a.password_file = password_file.clone();
@@ -1924,6 +1949,7 @@ mod tests {
                 "spool_max_bytes",
                 SpoolConfig::default().max_bytes.to_string(),
             ),
+            ("spool_when_full", "hold".to_string()),
             (
                 "log_format",
                 clap::ValueEnum::to_possible_value(&LogConfig::default().format)

@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::kafka::{self, ExtraKafka, Record};
-use common::Broker;
-use ferrymq::broker::shard::shard_for;
+use common::{id_on, shard_count, Broker};
 use ferrymq::protocol::{
     Connect, Decoder, Packet, Protocol, Publish, QoS, ReasonCode, PACKET_SIZE_BYTES_MAX,
 };
@@ -50,24 +49,6 @@ const SEGMENT_BYTES: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// Shards the harness starts (see `common::cores_arg`).
-fn shard_count() -> usize {
-    if thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        2
-    } else {
-        1
-    }
-}
-
-/// A client id starting with `prefix` that shard `shard` owns.
-fn id_on(shard: usize, prefix: &str) -> String {
-    let shard = shard % shard_count();
-    (0..)
-        .map(|n| format!("{prefix}-{n}"))
-        .find(|id| shard_for(id.as_bytes(), shard_count()) == shard)
-        .unwrap()
-}
 
 /// `count` device ids, spread over the shards.
 fn devices(prefix: &str, count: usize) -> Vec<String> {
@@ -1000,4 +981,111 @@ fn full_spool_holds_qos1_publishers_back_and_nothing_crashes() {
     }
     assert_eq!(held.acked_count(), acked, "PUBACK while the spool is full");
     assert!(broker.is_running(), "ferrymq exited with a full spool");
+}
+
+/// `--spool-when-full refuse`: with the spool of shard 0 full (Kafka unreachable), an MQTT
+/// 5.0 publisher on that shard (rumqttc) gets PUBACK and PUBREC 0x97 Quota exceeded at
+/// once instead of waiting, each refusal counted in `ferrymq_refused_spool_full`; a 3.1.1
+/// publisher, which has no negative acknowledgement, is held as with the default.
+#[test]
+fn full_spool_refuses_5_0_publishers_with_quota_exceeded_when_configured() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, PubRecReason};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{Client, Event, MqttOptions};
+
+    const PADDING: usize = 1000;
+    let data = DataDir::new("refuse");
+    let topic = kafka::unique("spool-refuse");
+    let file = kafka::write_config(&durable_config(&dead_kafka(), &topic, &data, "", ""));
+    let max = SEGMENT_BYTES.to_string();
+    let metrics_port = common::free_port();
+    let broker = Broker::start_with(&[
+        "--config",
+        file.path_str(),
+        "--spool-max-bytes",
+        &max,
+        "--spool-when-full",
+        "refuse",
+        "--metrics",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+
+    // Fill shard 0's spool with a 3.1.1 publisher: PUBACKs until it is full, then none.
+    let mut held = Publisher::connect(broker.port, &id_on(0, "refuse-v311"));
+    for _ in 0..200 {
+        assert!(held.publish(QoS::AtLeastOnce, PADDING));
+    }
+    let mut acked = held.acked_count();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        let now = held.acked_count();
+        if now == acked && now > 0 {
+            break;
+        }
+        acked = now;
+        assert!(Instant::now() < deadline, "PUBACKs never stopped");
+    }
+    assert!(acked < 200, "every PUBLISH acknowledged past max_bytes");
+
+    // A 5.0 publisher on the same shard is told at once.
+    let client_id = id_on(0, "refuse-v5");
+    let mut options = MqttOptions::new(client_id.as_str(), "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 16);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for event in connection.iter() {
+            let stop = event.is_err();
+            if tx.send(event).is_err() || stop {
+                break;
+            }
+        }
+    });
+    let topic_v5 = format!("spool/{client_id}");
+    for qos in [QoS5::AtLeastOnce, QoS5::AtLeastOnce, QoS5::ExactlyOnce] {
+        client
+            .publish(topic_v5.as_str(), qos, false, vec![b'x'; PADDING])
+            .unwrap();
+    }
+    let (mut pubacks, mut pubrecs) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + WAIT;
+    while pubacks.len() < 2 || pubrecs.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet5::PubAck(ack)))) => pubacks.push(ack.reason),
+            Ok(Ok(Event::Incoming(Packet5::PubRec(rec)))) => pubrecs.push(rec.reason),
+            Ok(Ok(_)) => {}
+            other => panic!("waiting for PUBACK/PUBREC: {other:?} ({pubacks:?} {pubrecs:?})"),
+        }
+    }
+    assert_eq!(
+        pubacks,
+        [PubAckReason::QuotaExceeded, PubAckReason::QuotaExceeded],
+        "QoS 1 refused with 0x97"
+    );
+    assert_eq!(
+        pubrecs,
+        [PubRecReason::QuotaExceeded],
+        "QoS 2 refused with 0x97"
+    );
+    let refused = (0..50)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(100));
+            let body = common::metrics::http_get(metrics_port, "/metrics");
+            common::metrics::metric(&body, "refused_spool_full").unwrap_or(0)
+        })
+        .find(|&n| n >= 3)
+        .unwrap_or(0);
+    assert_eq!(refused, 3, "each refusal counted");
+    assert_eq!(
+        held.acked_count(),
+        acked,
+        "the 3.1.1 publisher is still held, not acknowledged"
+    );
+    assert!(
+        !held.closed.load(Ordering::Acquire),
+        "held publisher disconnected"
+    );
+    client.disconnect().unwrap();
 }

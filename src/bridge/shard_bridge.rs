@@ -14,7 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::broker::connection::Connection;
 use crate::broker::message::Message;
-use crate::config::BatchingConfig;
+use crate::config::{BatchingConfig, SpoolWhenFull};
 use crate::metrics::{new_latency_histogram, ClusterSnapshot, LATENCY_US_MAX};
 use crate::protocol::{MqttStr, QoS, ReasonCode};
 
@@ -102,6 +102,7 @@ pub struct ShardBridge {
     /// The durable log of this shard, when a mapping has `ack = "durable"`.
     spool: Option<Rc<RefCell<SpoolLog>>>,
     spool_max_bytes: u64,
+    spool_when_full: SpoolWhenFull,
     /// Spooled records not yet flushed: sequence number, the ticket each counts towards
     /// (0: none), and when it was appended (for the append latency).
     spool_waiting: VecDeque<(u64, u64, Instant)>,
@@ -144,6 +145,7 @@ impl ShardBridge {
             render: Vec::new(),
             spool: None,
             spool_max_bytes: u64::MAX,
+            spool_when_full: SpoolWhenFull::Hold,
             spool_waiting: VecDeque::new(),
             spool_backlog: VecDeque::new(),
             spool_dropped_unknown_cluster: 0,
@@ -198,6 +200,19 @@ impl ShardBridge {
         backlogged
     }
 
+    /// Whether a QoS 1/2 PUBLISH on `topic` is to be refused rather than held: it matches
+    /// a `durable` mapping while the spool is full and `spool.when_full = "refuse"`.
+    pub fn refuses_for_full_spool(&mut self, topic: &str) -> bool {
+        if self.spool_when_full != SpoolWhenFull::Refuse || !self.spool_is_full() {
+            return false;
+        }
+        let mut durable = false;
+        self.mappings.for_each_match(topic, |mapping| {
+            durable |= mapping.ack == AckMode::Durable;
+        });
+        durable
+    }
+
     /// The spool holds `spool.max_bytes`: durable publishers wait (Kafka away for long).
     pub fn spool_is_full(&self) -> bool {
         self.spool
@@ -210,9 +225,15 @@ impl ShardBridge {
     }
 
     /// Gives the bridge its durable log.
-    pub fn attach_spool(&mut self, spool: Rc<RefCell<SpoolLog>>, max_bytes: u64) {
+    pub fn attach_spool(
+        &mut self,
+        spool: Rc<RefCell<SpoolLog>>,
+        max_bytes: u64,
+        when_full: SpoolWhenFull,
+    ) {
         self.spool = Some(spool);
         self.spool_max_bytes = max_bytes;
+        self.spool_when_full = when_full;
     }
 
     pub fn has_durable_mappings(&self) -> bool {

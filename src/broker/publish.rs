@@ -115,6 +115,21 @@ impl Link {
         let now = Instant::now();
         let message = Message::from_publish(publish, topic, self.client_id.clone(), now);
         let (to_subscribers, to_kafka) = self.shard.bridge.borrow_mut().plan(&message.topic);
+        if to_kafka
+            && qos != QoS::AtMostOnce
+            && self.protocol.is_v5()
+            && self
+                .shard
+                .bridge
+                .borrow_mut()
+                .refuses_for_full_spool(&message.topic)
+        {
+            // `spool.when_full = "refuse"`: the 5.0 publisher hears at once that the message
+            // was not taken, neither by Kafka nor by subscribers, and may send it again later.
+            ShardStats::incr(&self.shard.stats.refused_spool_full);
+            self.refuse_for_quota(qos, packet_id);
+            return Ok(());
+        }
         let mut deferred = false;
         if to_kafka {
             if qos != QoS::AtMostOnce {
@@ -148,6 +163,28 @@ impl Link {
             self.acknowledge(qos, packet_id);
         }
         Ok(())
+    }
+
+    /// PUBACK/PUBREC 0x97 Quota exceeded (5.0 only). A PUBREC with a code of 0x80 or more
+    /// ends a QoS 2 exchange (the sender sends PUBREL only for codes below 0x80,
+    /// [MQTT-4.3.3-4]), so the packet identifier is free again.
+    fn refuse_for_quota(&mut self, qos: QoS, packet_id: u16) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::with_reason(
+                packet_id,
+                ReasonCode::QuotaExceeded,
+            ))),
+            QoS::ExactlyOnce => {
+                if let Some(session) = self.shard.state.borrow_mut().session(&self.client_id) {
+                    session.inbound_qos2.remove(&packet_id);
+                }
+                self.connection.send(Packet::PubRec(PubRec::with_reason(
+                    packet_id,
+                    ReasonCode::QuotaExceeded,
+                )));
+            }
+        }
     }
 
     fn acknowledge(&self, qos: QoS, packet_id: u16) {

@@ -419,7 +419,11 @@ async fn shard_main(
     let spool = if bridge.has_durable_mappings() {
         match open_spool(&shard_config.spool, env.shard_id, env.shard_count).await {
             Ok(spool) => {
-                bridge.attach_spool(spool.clone(), shard_config.spool.max_bytes);
+                bridge.attach_spool(
+                    spool.clone(),
+                    shard_config.spool.max_bytes,
+                    shard_config.spool.when_full,
+                );
                 Some(spool)
             }
             Err(error) => {

@@ -74,6 +74,9 @@ counters! {
     subscriptions_not_authorized,
     /// Connections closed at accept because `connections_max` were open.
     connections_refused_max,
+    /// QoS 1/2 PUBLISHes of 5.0 clients refused with 0x97 Quota exceeded because the
+    /// durable spool was full (`spool.when_full = "refuse"`).
+    refused_spool_full,
     /// Failed accepts, most often out of file descriptors (the log says why, once every
     /// few seconds); the client waits in the listen backlog meanwhile.
     accept_errors,
