@@ -163,8 +163,9 @@ struct Args {
     /// CPUs to run one shard each on, e.g. 0,1 or 0-3. [default: every CPU allowed]
     #[arg(long)]
     cores: Option<String>,
-    /// Processes to spread devices over (each with its share and its own id range), for
-    /// more connections than one process may open; results are merged.
+    /// Processes to spread devices over (each with its share of the devices, its own id
+    /// range and its share of --cores), for more connections than one process may open;
+    /// results are merged.
     #[arg(long, default_value_t = 1)]
     procs: u32,
     /// Seconds to wait for a connection and its CONNACK.

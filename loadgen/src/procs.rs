@@ -18,6 +18,21 @@ pub fn share(total: u64, k: u64, parts: u64) -> u64 {
     total / parts + u64::from(k < total % parts)
 }
 
+/// The CPUs child `k` of `procs` runs its shards on: its own contiguous share of `cores`
+/// when there are at least as many CPUs as children, else one CPU, round robin. Every child
+/// on every CPU would run `procs` shards per CPU, each with its own buffers and histograms.
+pub fn cores_of_child(cores: &[usize], k: u64, procs: u64) -> Vec<usize> {
+    let len = cores.len() as u64;
+    if len == 0 {
+        return Vec::new();
+    }
+    if len < procs {
+        return vec![cores[(k % len) as usize]];
+    }
+    let start = (0..k).map(|j| share(len, j, procs)).sum::<u64>() as usize;
+    cores[start..start + share(len, k, procs) as usize].to_vec()
+}
+
 /// The flags that make child `k` of `procs` play its slice of `scenario`; they come after
 /// the parent's own flags and override them.
 pub fn child_args(
@@ -47,6 +62,16 @@ pub fn child_args(
         "--json".into(),
         json.as_os_str().to_owned(),
     ];
+    let cores = cores_of_child(&scenario.cores, k, procs);
+    args.extend([
+        "--cores".into(),
+        cores
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+            .into(),
+    ]);
     if scenario.churn_total.is_some() {
         args.extend(["--churn-total".into(), ids_of(k).to_string().into()]);
     }
@@ -197,5 +222,16 @@ mod tests {
             assert!(args.iter().any(|a| a == "1000"), "total rate share");
         }
         assert_eq!(ids, 1_000_001);
+    }
+
+    #[test]
+    fn children_share_the_cpus() {
+        let cores: Vec<usize> = (8..16).collect();
+        let all: Vec<Vec<usize>> = (0..3).map(|k| cores_of_child(&cores, k, 3)).collect();
+        assert_eq!(all, [vec![8, 9, 10], vec![11, 12, 13], vec![14, 15]]);
+        let few = [0, 1];
+        let all: Vec<Vec<usize>> = (0..3).map(|k| cores_of_child(&few, k, 3)).collect();
+        assert_eq!(all, [vec![0], vec![1], vec![0]]);
+        assert_eq!(cores_of_child(&few, 0, 1), vec![0, 1]);
     }
 }
