@@ -29,3 +29,35 @@ fn connack_for_311_and_5_then_clean_stop() {
     let status = broker.stop();
     assert!(status.success(), "exit status {status}");
 }
+
+/// A second broker on a port that is already served (by another ferrymq, whose shards bind
+/// with SO_REUSEPORT, or by anything else) stops with one line naming the listener instead
+/// of silently sharing the port and splitting the clients between two brokers.
+#[test]
+fn a_second_broker_on_a_busy_port_stops_with_one_line() {
+    let first = Broker::start();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", first.port),
+            "--cores",
+            "0",
+        ])
+        .output()
+        .expect("run ferrymq");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "second broker ran: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "listener[0].bind: cannot listen on 127.0.0.1:{}",
+            first.port
+        )) && stderr.contains("another process listens there"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&second.stdout).contains("listening"),
+        "no listening line from a broker that does not listen"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    first.stop();
+}

@@ -392,9 +392,25 @@ fn resolve_listeners(config: &Config) -> io::Result<Vec<Listener>> {
         .enumerate()
         .map(|(index, listener)| {
             let mut addr = listener.bind;
+            // The shards bind with SO_REUSEPORT, which would also let them join the sockets
+            // of another process that uses it (a second ferrymq), silently splitting the
+            // clients between the two. A plain bind first fails if anyone listens there.
+            let probe = std::net::TcpListener::bind(addr).map_err(|error| {
+                let hint = if error.kind() == io::ErrorKind::AddrInUse {
+                    ": another process listens there (ferrymq shares a port only among its \
+                     own shards)"
+                } else {
+                    ""
+                };
+                io::Error::new(
+                    error.kind(),
+                    format!("listener[{index}].bind: cannot listen on {addr}: {error}{hint}"),
+                )
+            })?;
             if addr.port() == 0 {
-                addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+                addr = probe.local_addr()?;
             }
+            drop(probe);
             let tls = crate::tls::listener(index, listener, addr)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
                 .map(Arc::new);
