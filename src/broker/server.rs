@@ -477,6 +477,7 @@ async fn shard_main(
         started_at: Instant::now(),
         bridge: RefCell::new(bridge),
         bridge_activity: runtime::Signal::new(),
+        backlog_waiters: runtime::WaitList::default(),
         spool_activity: runtime::Signal::new(),
         spool_feed: runtime::Signal::new(),
         spool_stats: Default::default(),
@@ -754,9 +755,13 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
         let _ = runtime::timeout(SPOOL_FEED_POLL * 20, shard.spool_feed.wait()).await;
         loop {
             let done = std::mem::take(&mut shard.bridge.borrow_mut().spool_done_segments);
+            let freed = !done.is_empty();
             for segment in done {
                 drop(segment.file);
                 let _ = std::fs::remove_file(&segment.path);
+            }
+            if freed {
+                wake_backlogged_publishers(&shard);
             }
             if !shard
                 .bridge
@@ -805,6 +810,16 @@ async fn kafka_reports_loop(shard: ShardRef, mut reports: runtime::WakeListener)
         for done in completed {
             acknowledge_pending(&shard, done.ack);
         }
+        wake_backlogged_publishers(&shard);
+    }
+}
+
+/// Wakes the publishers held back by a full ring or spool once neither is full. (One
+/// whose topic's ring has room while another cluster's is still full finds out at its
+/// next look, within `BACKLOG_RECHECK`.)
+fn wake_backlogged_publishers(shard: &ShardRef) {
+    if shard.backlog_waiters.waiting() > 0 && !shard.bridge.borrow().is_backlogged() {
+        shard.backlog_waiters.wake_all();
     }
 }
 
@@ -845,7 +860,9 @@ async fn kafka_linger_loop(shard: ShardRef) {
     while shard.bridge_activity.wait().await {
         loop {
             runtime::sleep(linger).await;
-            if !shard.bridge.borrow_mut().tick(Instant::now()) {
+            let busy = shard.bridge.borrow_mut().tick(Instant::now());
+            wake_backlogged_publishers(&shard);
+            if !busy {
                 break;
             }
         }

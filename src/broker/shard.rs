@@ -90,6 +90,9 @@ pub struct ShardContext {
     pub spool_activity: Signal,
     /// Notified when a spool flush made records durable, to feed them to Kafka.
     pub spool_feed: Signal,
+    /// QoS 1/2 publishers held back by a full Kafka ring or spool; woken when the bridge
+    /// has room again (`wake_backlogged_publishers`).
+    pub backlog_waiters: crate::runtime::WaitList,
     pub spool_stats: crate::spool::SpoolStats,
     /// Where this shard leaves its metrics once a second.
     pub board: Arc<crate::metrics::Board>,

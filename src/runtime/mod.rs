@@ -360,6 +360,48 @@ impl Signal {
     }
 }
 
+/// Tasks of this shard waiting for a condition that another task ends (publishers held
+/// back by a full Kafka ring or spool): `wait` until `wake_all` or `at_most`, whichever
+/// comes first; the waiter then checks its condition again. `wake_all` releases only the
+/// tasks waiting now; a release that finds its waiter gone lets a later waiter look once
+/// more, which is harmless.
+pub struct WaitList {
+    semaphore: glommio::sync::Semaphore,
+    waiting: std::cell::Cell<u64>,
+}
+
+impl Default for WaitList {
+    fn default() -> Self {
+        WaitList {
+            semaphore: glommio::sync::Semaphore::new(0),
+            waiting: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl WaitList {
+    pub async fn wait(&self, at_most: Duration) {
+        self.waiting.set(self.waiting.get() + 1);
+        let _ = timeout(at_most, self.semaphore.acquire(1)).await;
+        self.waiting.set(self.waiting.get() - 1);
+    }
+
+    /// Tasks waiting now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.get()
+    }
+
+    pub fn wake_all(&self) {
+        let owed = self
+            .waiting
+            .get()
+            .saturating_sub(self.semaphore.available());
+        if owed > 0 {
+            self.semaphore.signal(owed);
+        }
+    }
+}
+
 /// Wakes a shard from another thread (a Kafka producer thread with delivery reports, say).
 /// The sending end is a plain socket; a wake is one byte, written only when the shard has
 /// not been woken since it last looked, so a busy producer writes rarely.
