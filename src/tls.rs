@@ -16,6 +16,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, RootCertStore, ServerConfig};
 
 use crate::config::ListenerConfig;
+use crate::log_budget::{unlogged_suffix, LogBudget};
 
 /// What a TLS listener's connections are served with.
 pub struct TlsListener {
@@ -220,20 +221,9 @@ impl HandshakeFailure {
 /// `$SYS/broker/tls/handshake_failures` and the metrics.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy)]
-struct FailureLog {
-    last: Option<Instant>,
-    /// Failures of this kind since the last line, not logged.
-    unlogged: u64,
-}
-
 /// Over all shards: one line per kind per interval is the point.
-static FAILURE_LOGS: Mutex<[FailureLog; FAILURE_KINDS]> = Mutex::new(
-    [FailureLog {
-        last: None,
-        unlogged: 0,
-    }; FAILURE_KINDS],
-);
+static FAILURE_LOGS: Mutex<[LogBudget; FAILURE_KINDS]> =
+    Mutex::new([LogBudget::new(); FAILURE_KINDS]);
 
 /// Logs a failed handshake on `listener` from `peer`, unless one of the same kind was
 /// logged less than [`FAILURE_LOG_INTERVAL`] ago; the next line then says how many were
@@ -245,26 +235,14 @@ pub fn log_handshake_failure(
     detail: Option<&dyn fmt::Display>,
 ) {
     let now = Instant::now();
-    let unlogged = {
-        let mut logs = FAILURE_LOGS.lock().unwrap_or_else(|e| e.into_inner());
-        let log = &mut logs[failure.index()];
-        if log
-            .last
-            .is_some_and(|last| now.duration_since(last) < FAILURE_LOG_INTERVAL)
-        {
-            log.unlogged += 1;
-            return;
-        }
-        log.last = Some(now);
-        std::mem::take(&mut log.unlogged)
+    let admitted = FAILURE_LOGS.lock().unwrap_or_else(|e| e.into_inner())[failure.index()]
+        .admit(now, FAILURE_LOG_INTERVAL);
+    let Some(unlogged) = admitted else {
+        return;
     };
     let peer = peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string());
     let detail = detail.map(|d| d.to_string());
-    let more = if unlogged > 0 {
-        format!("; {unlogged} more like it since the last such line")
-    } else {
-        String::new()
-    };
+    let more = unlogged_suffix(unlogged);
     let failure = failure.describe();
     tracing::warn!(
         listener,

@@ -314,6 +314,25 @@ impl Publisher {
         self.acks.lock().unwrap().len()
     }
 
+    /// Publishes `count` QoS 1 messages of `padding` bytes and waits until PUBACKs stop
+    /// coming (none for half a second, at least one in all): the count acknowledged then.
+    fn publish_until_held(&mut self, count: usize, padding: usize) -> usize {
+        for _ in 0..count {
+            assert!(self.publish(QoS::AtLeastOnce, padding));
+        }
+        let mut acked = self.acked_count();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            thread::sleep(Duration::from_millis(500));
+            let now = self.acked_count();
+            if now == acked && now > 0 {
+                return now;
+            }
+            acked = now;
+            assert!(Instant::now() < deadline, "PUBACKs never stopped");
+        }
+    }
+
     /// Waits until `count` PUBACKs came; false on timeout.
     fn wait_acks(&self, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -914,21 +933,8 @@ fn full_spool_holds_qos1_publishers_back_and_nothing_crashes() {
     let mut broker =
         Broker::start_capturing_stderr(&["--config", file.path_str(), "--spool-max-bytes", &max]);
     let mut held = Publisher::connect(broker.port, &id_on(0, "full-qos1"));
-    for _ in 0..QOS1 {
-        assert!(held.publish(QoS::AtLeastOnce, PADDING));
-    }
     // PUBACKs come until the spool is full, then stop.
-    let mut acked = held.acked_count();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        thread::sleep(Duration::from_millis(500));
-        let now = held.acked_count();
-        if now == acked && now > 0 {
-            break;
-        }
-        acked = now;
-        assert!(Instant::now() < deadline, "PUBACKs never stopped");
-    }
+    held.publish_until_held(QOS1, PADDING);
     thread::sleep(QUIET);
     let acked = held.acked_count();
     let record_bytes = PADDING as u64 + 100;
@@ -1012,20 +1018,7 @@ fn full_spool_refuses_5_0_publishers_with_quota_exceeded_when_configured() {
 
     // Fill shard 0's spool with a 3.1.1 publisher: PUBACKs until it is full, then none.
     let mut held = Publisher::connect(broker.port, &id_on(0, "refuse-v311"));
-    for _ in 0..200 {
-        assert!(held.publish(QoS::AtLeastOnce, PADDING));
-    }
-    let mut acked = held.acked_count();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        thread::sleep(Duration::from_millis(500));
-        let now = held.acked_count();
-        if now == acked && now > 0 {
-            break;
-        }
-        acked = now;
-        assert!(Instant::now() < deadline, "PUBACKs never stopped");
-    }
+    let acked = held.publish_until_held(200, PADDING);
     assert!(acked < 200, "every PUBLISH acknowledged past max_bytes");
 
     // A 5.0 publisher on the same shard is told at once.

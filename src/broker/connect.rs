@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{AuthDecision, ClientIdentity, Credentials, DenyReason};
+use crate::log_budget::{unlogged_suffix, LogBudget};
 use crate::protocol::{
     ConnAck, Connect, DecodeError, Decoder, Encode, MqttStr, Packet, Protocol, ReasonCode,
     PACKET_SIZE_BYTES_MAX,
@@ -32,13 +33,13 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener`; `tls` for a TLS listener.
 pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc<TlsListener>>) {
-    let mut error_log = AcceptErrorLog::default();
+    let mut error_log = LogBudget::new();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
                 ShardStats::incr(&shard.stats.accept_errors);
-                error_log.record(&listener, &std::io::Error::from(error));
+                log_accept_error(&mut error_log, &listener, &std::io::Error::from(error));
                 runtime::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }
@@ -58,49 +59,30 @@ pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc
     }
 }
 
-/// Logs failed accepts: the first at once, then at most one line per
-/// [`ACCEPT_ERROR_LOG_INTERVAL`] with the count of those not logged. Out of descriptors
-/// (EMFILE, ENFILE) is the usual cause and the line says what to raise.
-#[derive(Default)]
-struct AcceptErrorLog {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl AcceptErrorLog {
-    fn record(&mut self, listener: &TcpListener, error: &std::io::Error) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < ACCEPT_ERROR_LOG_INTERVAL)
-        {
-            self.unlogged += 1;
-            return;
+/// Logs a failed accept on `listener`, at most one line per [`ACCEPT_ERROR_LOG_INTERVAL`]
+/// with the count of those not logged. Out of descriptors (EMFILE, ENFILE) is the usual
+/// cause, and the line says what to raise.
+fn log_accept_error(budget: &mut LogBudget, listener: &TcpListener, error: &std::io::Error) {
+    let Some(unlogged) = budget.admit(Instant::now(), ACCEPT_ERROR_LOG_INTERVAL) else {
+        return;
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "a listener".to_string(), |a| a.to_string());
+    let hint = match error.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "; each connection holds a descriptor: raise ulimit -n (LimitNOFILE=) and \
+             fs.nr_open, see tuning.md \"Open files\""
         }
-        self.last = Some(now);
-        let unlogged = std::mem::take(&mut self.unlogged);
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| "a listener".to_string(), |a| a.to_string());
-        let hint = match error.raw_os_error() {
-            Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                "; each connection holds a descriptor: raise ulimit -n (LimitNOFILE=) and \
-                 fs.nr_open, see tuning.md \"Open files\""
-            }
-            _ => "",
-        };
-        let more = if unlogged > 0 {
-            format!("; {unlogged} more since the last such line")
-        } else {
-            String::new()
-        };
-        tracing::warn!(
-            listener = %addr,
-            error = %error,
-            unlogged,
-            "accept on {addr} failed: {error}{hint}{more}"
-        );
-    }
+        _ => "",
+    };
+    let more = unlogged_suffix(unlogged);
+    tracing::warn!(
+        listener = %addr,
+        error = %error,
+        unlogged,
+        "accept on {addr} failed: {error}{hint}{more}"
+    );
 }
 
 /// The protocol level byte of a CONNECT at the start of `buf`, if enough has arrived.
