@@ -20,6 +20,22 @@ pub struct Broker {
     stderr: Option<Arc<Mutex<String>>>,
 }
 
+/// Echoes each line of `pipe` to the test's stderr and keeps them all, newline-ended.
+fn keep_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    text
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -117,20 +133,7 @@ impl Broker {
             })
             .spawn()
             .expect("start ferrymq");
-        let stderr = child.stderr.take().map(|pipe| {
-            let text = Arc::new(Mutex::new(String::new()));
-            let sink = text.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("{line}");
-                    let mut sink = sink.lock().unwrap();
-                    sink.push_str(&line);
-                    sink.push('\n');
-                }
-            });
-            text
-        });
+        let stderr = child.stderr.take().map(keep_lines);
         // Wait for the "listening" line, then for the port to answer.
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
@@ -242,18 +245,7 @@ impl Broker {
     /// Echoes and keeps `child`'s stderr, waits for its "listening" line and for `port` to
     /// answer.
     fn wait_started(mut child: Child, port: u16) -> Broker {
-        let pipe = child.stderr.take().expect("stderr piped");
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = text.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("{line}");
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
+        let text = keep_lines(child.stderr.take().expect("stderr piped"));
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
