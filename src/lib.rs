@@ -22,6 +22,7 @@ pub mod broker;
 pub mod config;
 pub mod log_budget;
 pub mod metrics;
+pub mod port_owner;
 pub mod protocol;
 pub mod runtime;
 pub mod spool;

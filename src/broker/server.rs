@@ -391,26 +391,25 @@ fn resolve_listeners(config: &Config) -> io::Result<Vec<Listener>> {
         .iter()
         .enumerate()
         .map(|(index, listener)| {
-            let mut addr = listener.bind;
-            // The shards bind with SO_REUSEPORT, which would also let them join the sockets
-            // of another process that uses it (a second ferrymq), silently splitting the
-            // clients between the two. A plain bind first fails if anyone listens there.
-            let probe = std::net::TcpListener::bind(addr).map_err(|error| {
-                let hint = if error.kind() == io::ErrorKind::AddrInUse {
-                    ": another process listens there (ferrymq shares a port only among its \
-                     own shards)"
-                } else {
-                    ""
-                };
-                io::Error::new(
-                    error.kind(),
-                    format!("listener[{index}].bind: cannot listen on {addr}: {error}{hint}"),
-                )
-            })?;
-            if addr.port() == 0 {
-                addr = probe.local_addr()?;
+            let requested = listener.bind;
+            let cannot = |what: String| {
+                format!("listener[{index}].bind: cannot listen on {requested}: {what}")
+            };
+            // Only a real listener stops us: the shards' SO_REUSEPORT would join another
+            // process's (crate::port_owner says why a trial bind cannot tell).
+            if let Some(listening) = crate::port_owner::listener_on(requested) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    cannot(format!(
+                        "{} (ferrymq shares a port only among its own shards)",
+                        crate::port_owner::describe(&listening)
+                    )),
+                ));
             }
-            drop(probe);
+            // A trial bind as the shards will bind, for the other errors (an address this
+            // host does not have, a privileged port) and to choose port 0 once for all.
+            let addr = crate::port_owner::trial_bind(requested)
+                .map_err(|error| io::Error::new(error.kind(), cannot(error.to_string())))?;
             let tls = crate::tls::listener(index, listener, addr)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
                 .map(Arc::new);

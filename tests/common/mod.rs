@@ -85,23 +85,33 @@ impl Broker {
     /// Starts `ferrymq` with `args` after `--listen` and `--cores`, and waits until it
     /// accepts connections.
     pub fn start_with(args: &[&str]) -> Broker {
-        Broker::start_inner(args, false, None)
+        Broker::start_inner(args, false, None, None)
+    }
+
+    /// [`Broker::start_with`] on a given port (a restart on the port of a stopped broker).
+    pub fn start_on(port: u16, args: &[&str]) -> Broker {
+        Broker::start_inner(args, false, None, Some(port))
     }
 
     /// [`Broker::start_with`], keeping what the broker writes to stderr for
     /// [`Broker::stderr_text`].
     pub fn start_capturing_stderr(args: &[&str]) -> Broker {
-        Broker::start_inner(args, true, None)
+        Broker::start_inner(args, true, None, None)
     }
 
     /// [`Broker::start_capturing_stderr`] with its open-files limit (RLIMIT_NOFILE, soft
     /// and hard) set to `open_files` before it runs.
     pub fn start_with_open_files_limit(args: &[&str], open_files: u64) -> Broker {
-        Broker::start_inner(args, true, Some(open_files))
+        Broker::start_inner(args, true, Some(open_files), None)
     }
 
-    fn start_inner(args: &[&str], capture_stderr: bool, open_files: Option<u64>) -> Broker {
-        let port = free_port();
+    fn start_inner(
+        args: &[&str],
+        capture_stderr: bool,
+        open_files: Option<u64>,
+        port: Option<u16>,
+    ) -> Broker {
+        let port = port.unwrap_or_else(free_port);
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
         if let Some(limit) = open_files {
             use std::os::unix::process::CommandExt;
