@@ -818,6 +818,66 @@ fn will_on_abnormal_close_not_after_disconnect_v5() {
     will_on_abnormal_close_only(V::V5);
 }
 
+/// A delayed will belongs to the connection that left it. The client is killed with a
+/// 2 s Will Delay, comes back at once with Clean Start (a new session, no will) and leaves
+/// again with DISCONNECT, its new session kept (-x 60): it reconnected within the delay,
+/// so the will must never go [MQTT-3.1.3-9], also when the old delay passes while the new
+/// session sits without a connection.
+#[test]
+fn will_delay_of_a_replaced_session_never_goes_v5_mqtt_3_1_3_9() {
+    let broker = Broker::start();
+    let mut watcher = Sub::subscribed(
+        &broker,
+        V::V5,
+        &[
+            "-i",
+            &id_on(0, "wds-watch"),
+            "-t",
+            "wdstale/#",
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    let id = id_on(1, "wds-client");
+    let mut willing = Sub::subscribed(
+        &broker,
+        V::V5,
+        &[
+            "-i",
+            &id,
+            "-c",
+            "-x",
+            "60",
+            "-t",
+            "nothing/here",
+            "--will-topic",
+            "wdstale/will",
+            "--will-payload",
+            "stale",
+            "-D",
+            "will",
+            "will-delay-interval",
+            "2",
+        ],
+    );
+    willing.kill9();
+    let mut again = Sub::spawn(
+        &broker,
+        V::V5,
+        &["-i", &id, "-x", "60", "-t", "nothing/here", "-E"],
+    );
+    assert!(again.wait_exit().success(), "{}", again.dump());
+    watcher.settle(Duration::from_secs(3));
+    assert_eq!(
+        watcher.messages(),
+        Vec::<String>::new(),
+        "{}",
+        watcher.dump()
+    );
+    assert!(broker.stop().success());
+}
+
 /// 5.0 Will Delay Interval: the will goes out after the delay, not at the close
 /// (3.1.3.2.2), and not at all when the client reconnects to its session within the
 /// delay [MQTT-3.1.3-9].

@@ -537,6 +537,33 @@ fn v5_session_expiry_1s_gone_after_2s_mqtt_3_1_2_23() {
     sub.no_publish(QUIET);
 }
 
+/// An expiry timer belongs to the session it was armed for. Session Expiry 1 s, gone;
+/// back with Clean Start and Session Expiry 10 s (a new session, subscribed), gone; 2 s
+/// later, when the first timer has fired, the new session must still be there with its
+/// subscription and the message queued for it [MQTT-3.1.2-23], [MQTT-4.1.0-2]. (The Paho
+/// 5.0 interoperability suite's session expiry test does this with 5 s and 10 s.)
+#[test]
+fn v5_stale_expiry_timer_leaves_the_newer_session_mqtt_3_1_2_23_4_1_0_2() {
+    let broker = Broker::start();
+    let id = id_on(1, "stale5");
+    connect5(&broker, &id, true, 1).disconnect();
+    let mut second = connect5(&broker, &id, true, 10);
+    assert!(!second.connack.session_present);
+    second.sub_qos("stale5/t", QoS5::AtLeastOnce);
+    second.disconnect();
+    thread::sleep(Duration::from_secs(2));
+
+    let mut publisher = connect5(&broker, &id_on(0, "stale5-pub"), true, 0);
+    publisher.pub_acked("stale5/t", QoS5::AtLeastOnce, false, "kept");
+    let mut third = connect5(&broker, &id, false, 10);
+    assert!(
+        third.connack.session_present,
+        "the first connection's timer removed the second session"
+    );
+    assert_eq!(text(&third.publish().payload), "kept");
+    third.disconnect();
+}
+
 // ---------------------------------------------------------------------------------------
 // Session take-over
 

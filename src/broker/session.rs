@@ -66,8 +66,10 @@ pub struct Session {
     pub inflight_max: usize,
     pub session_expiry_secs: u32,
     pub will: Option<Will>,
-    /// Bumped at each connect; timers for wills and expiry check it to know whether the
-    /// client came back meanwhile.
+    /// Set from the shard's counter at each connect, unique among every session the shard
+    /// ever held: timers for wills and expiry check it to know whether the client came
+    /// back meanwhile, and a session recreated by a Clean Start must not look like the one
+    /// a stale timer was armed for [MQTT-3.1.2-23], [MQTT-4.1.0-2].
     pub generation: u64,
     pub disconnected_at: Option<Instant>,
     /// The ACL's view of this client (identity of its latest CONNECT, cached decisions);

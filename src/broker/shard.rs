@@ -120,6 +120,9 @@ pub struct Shard {
     /// subscribe, so each shard answers subscribes from its own copy.
     pub retained: RetainedStore<Rc<Message>>,
     next_session_id: SessionId,
+    /// Source of session generations (see [`Session::generation`]); never reused, so a
+    /// timer armed for one connection of one session fires on that one or on nothing.
+    next_generation: u64,
     next_connection_id: u64,
     next_assigned_id: u64,
     /// Scratch for merging overlapping subscriptions of one session.
@@ -161,6 +164,7 @@ impl Shard {
             local_filter_counts: HashMap::new(),
             retained: RetainedStore::new(),
             next_session_id: 1,
+            next_generation: 1,
             next_connection_id: 1,
             next_assigned_id: 0,
             scratch: HashMap::new(),
@@ -312,7 +316,8 @@ impl Shard {
             .get_mut(&client_id)
             .expect("session just ensured");
         session.protocol = connect.protocol;
-        session.generation += 1;
+        session.generation = self.next_generation;
+        self.next_generation += 1;
         session.disconnected_at = None;
         session.will = connect.will.take();
         session.connection = Some(connection);
