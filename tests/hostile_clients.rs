@@ -380,6 +380,11 @@ fn malformed_cases() -> Vec<Case> {
     mqtx_5[7] = b'X';
     let mut mqtx_4 = connect_bytes(Protocol::V3_1_1, "mqtx", None, true);
     mqtx_4[7] = b'X';
+    let with_level = |level: u8| {
+        let mut bytes = connect_bytes(Protocol::V5, "level", None, true);
+        bytes[8] = level;
+        bytes
+    };
     let mut flags_0001 = connect_bytes(Protocol::V5, "flags", None, true);
     flags_0001[0] = 0x11;
     let mut flags_0001_v311 = connect_bytes(Protocol::V3_1_1, "flags", None, true);
@@ -436,6 +441,30 @@ fn malformed_cases() -> Vec<Case> {
             spec: "3.1.1 [MQTT-3.1.2-1]",
             before: Before::Nothing,
             bytes: mqtx_4,
+            answer: connack_v311(0x01),
+        },
+        Case {
+            // A version newer than 5 is answered in 5.0's form, which its client most
+            // likely reads; the MQTT 5.0 conformance suite expects exactly this.
+            name: "CONNECT with protocol level 99",
+            spec: "[MQTT-3.1.2-2] (MAY send CONNACK 0x84, then MUST close)",
+            before: Before::Nothing,
+            bytes: with_level(99),
+            answer: connack_v5(0x84),
+        },
+        Case {
+            name: "CONNECT with protocol level 6",
+            spec: "[MQTT-3.1.2-2]",
+            before: Before::Nothing,
+            bytes: with_level(6),
+            answer: connack_v5(0x84),
+        },
+        Case {
+            // Below 3 no version exists; the 3.1.1 form is what 3.1 and 3.1.1 clients read.
+            name: "CONNECT with protocol level 2",
+            spec: "3.1.1 [MQTT-3.1.2-2] (return code 0x01, then close)",
+            before: Before::Nothing,
+            bytes: with_level(2),
             answer: connack_v311(0x01),
         },
         Case {

@@ -96,6 +96,20 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(name_at + 2 + name_len).copied()
 }
 
+/// The protocol version a refusing CONNACK is written in, from the CONNECT's level byte.
+/// 5 gets the 5.0 form. So does a level above 5, a version newer than ours: its client
+/// most likely reads CONNACK as 5.0 lays it out (reason code, then properties), and
+/// [MQTT-3.1.2-2] lets the server answer CONNACK 0x84 Unsupported Protocol Version, which
+/// the MQTT 5.0 conformance suite expects. Levels below 5 (3 and 4 with a bad protocol
+/// name, or 0 to 2, which no version uses) get the 3.1.1 form, return code 0x01, which
+/// 3.1 and 3.1.1 clients read.
+fn refusal_protocol(level: Option<u8>) -> Protocol {
+    match level {
+        Some(level) if level >= 5 => Protocol::V5,
+        _ => Protocol::V3_1_1,
+    }
+}
+
 enum ConnectFailure {
     Closed,
     Invalid {
@@ -212,13 +226,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
         Some(Err(ConnectFailure::Invalid { error, level })) => {
             ShardStats::incr(&shard.stats.protocol_errors);
             shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-            // Answer in the version the client asked for; an unknown version gets the 3.1.1
-            // form, which every version can read (0x01 unacceptable protocol version).
-            let protocol = if level == Some(5) {
-                Protocol::V5
-            } else {
-                Protocol::V3_1_1
-            };
+            let protocol = refusal_protocol(level);
             Box::pin(refuse(stream, protocol, error.reason_code())).await;
             return;
         }
