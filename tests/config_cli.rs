@@ -60,7 +60,7 @@ mqtt_subscribers = false
 [batching]                           # each also a flag: --batch-max-messages N, ...
 max_messages = 512                   # records per batch
 max_bytes = 1048576                  # bytes per batch; at least 1024
-linger_us = 1000                     # longest wait for a batch to fill; at most 1000000
+linger_us = 5000                     # longest wait for a batch to fill; at most 1000000
 ring_capacity_batches = 256          # batches queued per shard and cluster
 "#;
 

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::error::RDKafkaErrorCode;
@@ -72,7 +72,58 @@ struct ClusterLane {
     held: Option<Batch>,
     /// When the current batch got its first record.
     batch_started: Option<Instant>,
+    /// How long a batch of this lane waits for more records now: see [`LingerGauge`].
+    linger: LingerGauge,
     latency_us: Histogram<u64>,
+}
+
+/// Records per batch the adaptive linger aims at: enough that the per-batch costs (a shard
+/// timer, a producer-thread wake-up, a Produce request, a delivery-report wake-up) are
+/// shared, few enough that a batch leaves within about a millisecond under load.
+const LINGER_TARGET_RECORDS: f64 = 16.0;
+/// The shortest adaptive linger: what a lane gets under load.
+const LINGER_FLOOR: Duration = Duration::from_millis(1);
+/// How often a lane's record rate is measured.
+const LINGER_RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// The linger of one lane, set from its record rate: the time it takes to gather
+/// [`LINGER_TARGET_RECORDS`], between [`LINGER_FLOOR`] (or `linger_us` if that is lower)
+/// and `linger_us`. At device rates (a record now and then) batches wait up to
+/// `linger_us`, so their fixed costs are shared by several records; under load, or when
+/// publishers pipeline (who are held to their in-flight windows and so need short
+/// lingers), the linger falls to the floor.
+struct LingerGauge {
+    current: Duration,
+    floor: Duration,
+    ceiling: Duration,
+    window_started: Instant,
+    window_records: u64,
+}
+
+impl LingerGauge {
+    fn new(linger_us: u64, now: Instant) -> LingerGauge {
+        let ceiling = Duration::from_micros(linger_us);
+        LingerGauge {
+            current: ceiling,
+            floor: LINGER_FLOOR.min(ceiling),
+            ceiling,
+            window_started: now,
+            window_records: 0,
+        }
+    }
+
+    /// Counts one record; at the end of a window, sets the linger from the window's rate.
+    fn record(&mut self, now: Instant) {
+        self.window_records += 1;
+        let elapsed = now.saturating_duration_since(self.window_started);
+        if elapsed >= LINGER_RATE_WINDOW {
+            let per_second = self.window_records as f64 / elapsed.as_secs_f64();
+            let gather = Duration::from_secs_f64(LINGER_TARGET_RECORDS / per_second);
+            self.current = gather.clamp(self.floor, self.ceiling);
+            self.window_started = now;
+            self.window_records = 0;
+        }
+    }
 }
 
 impl ClusterLane {
@@ -112,6 +163,9 @@ pub struct ShardBridge {
     pub spool_dropped_unknown_cluster: u64,
     /// Segment files Kafka has every record of, for the spool task to delete.
     pub spool_done_segments: Vec<Segment>,
+    /// Since the last [`ShardBridge::take_timer_wanted`], a batch opened and waits, or one
+    /// found its ring full and is held: either needs the linger timer.
+    timer_wanted: bool,
 }
 
 /// Tickets of spooled records carry this bit; the rest is the record's seq in the spool.
@@ -134,6 +188,7 @@ impl ShardBridge {
                     batch_bytes: 0,
                     held: None,
                     batch_started: None,
+                    linger: LingerGauge::new(batching.linger_us, Instant::now()),
                     latency_us: new_latency_histogram(),
                 })
                 .collect(),
@@ -150,15 +205,12 @@ impl ShardBridge {
             spool_backlog: VecDeque::new(),
             spool_dropped_unknown_cluster: 0,
             spool_done_segments: Vec::new(),
+            timer_wanted: false,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.mappings.len() == 0
-    }
-
-    pub fn linger_us(&self) -> u64 {
-        self.batching.linger_us
     }
 
     /// Whether a message on `topic` goes to MQTT subscribers too, and whether any mapping
@@ -437,17 +489,29 @@ impl ShardBridge {
         Submitted::Deferred(ticket)
     }
 
+    /// Adds `record` to its cluster's batch, which leaves when full, or when the lane's
+    /// linger ([`LingerGauge`]) has passed since its first record (the linger loop).
     fn append(&mut self, cluster: usize, record: Record, now: Instant) {
         let lane = &mut self.lanes[cluster];
         lane.batch_bytes += record.size_bytes();
         lane.batch.push(record);
+        lane.linger.record(now);
+        let opened = lane.batch_started.is_none();
         lane.batch_started.get_or_insert(now);
         if lane.batch.len() >= self.batching.max_messages
             || lane.batch_bytes >= self.batching.max_bytes
             || self.batching.linger_us == 0
         {
             self.flush(cluster);
+        } else if opened {
+            self.timer_wanted = true;
         }
+    }
+
+    /// Whether, since the last call, a batch opened and waits or a batch is held: the linger
+    /// timer must run (it sleeps otherwise).
+    pub fn take_timer_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.timer_wanted)
     }
 
     /// Hands the cluster's batch to its ring. If the ring is full the batch is held (only
@@ -461,26 +525,37 @@ impl ShardBridge {
         lane.batch_bytes = 0;
         lane.batch_started = None;
         lane.push(batch);
+        if lane.held.is_some() {
+            self.timer_wanted = true;
+        }
     }
 
-    /// Flushes batches older than `linger_us` and retries held ones. Returns whether any
-    /// batch is still open or held (the caller keeps its timer running).
-    pub fn tick(&mut self, now: Instant) -> bool {
-        let linger = std::time::Duration::from_micros(self.batching.linger_us);
-        let mut busy = false;
+    /// Flushes batches as old as their lane's linger and retries held ones. Returns when
+    /// the timer is next needed: when the oldest open batch's linger ends, or one linger
+    /// from now while a batch is held; `None` when no batch is open or held.
+    pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
         for cluster in 0..self.lanes.len() {
             self.retry_held(cluster);
-            let lane = &self.lanes[cluster];
-            if lane
+            let linger = self.lanes[cluster].linger.current;
+            if self.lanes[cluster]
                 .batch_started
                 .is_some_and(|t| now.duration_since(t) >= linger)
             {
                 self.flush(cluster);
             }
             let lane = &self.lanes[cluster];
-            busy |= !lane.batch.is_empty() || lane.held.is_some();
+            let due = if lane.held.is_some() {
+                Some(now + linger)
+            } else {
+                lane.batch_started.map(|t| t + linger)
+            };
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
-        busy
+        next
     }
 
     fn retry_held(&mut self, cluster: usize) {
@@ -718,4 +793,51 @@ pub fn lane(ring_capacity_batches: usize, batch_max_messages: usize) -> Arc<Lane
     // needed; the shard drains continuously. One report per record of two full rings.
     let reports_capacity = (ring_capacity_batches * batch_max_messages * 2).max(1024);
     Arc::new(Lane::new(ring_capacity_batches, reports_capacity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `gauge` records at `per_second` for a little more than one rate window.
+    fn feed(gauge: &mut LingerGauge, start: Instant, per_second: u64) -> Instant {
+        let gap = Duration::from_nanos(1_000_000_000 / per_second);
+        let mut now = start;
+        while now.duration_since(start) <= LINGER_RATE_WINDOW {
+            now += gap;
+            gauge.record(now);
+        }
+        now
+    }
+
+    #[test]
+    fn linger_is_the_time_to_gather_sixteen_records_within_its_bounds() {
+        let start = Instant::now();
+        let mut gauge = LingerGauge::new(5000, start);
+        assert_eq!(
+            gauge.current,
+            Duration::from_millis(5),
+            "starts at the ceiling"
+        );
+        // Devices: 1,500 records/s take 10.7 ms to gather 16: the ceiling.
+        let now = feed(&mut gauge, start, 1_500);
+        assert_eq!(gauge.current, Duration::from_millis(5));
+        // 8,000 records/s: 2 ms.
+        let now = feed(&mut gauge, now, 8_000);
+        let ms = gauge.current.as_secs_f64() * 1e3;
+        assert!((1.9..2.1).contains(&ms), "{ms} ms");
+        // Under load: the 1 ms floor.
+        feed(&mut gauge, now, 100_000);
+        assert_eq!(gauge.current, LINGER_FLOOR);
+    }
+
+    #[test]
+    fn a_linger_below_the_floor_is_kept_as_it_is() {
+        let start = Instant::now();
+        let mut gauge = LingerGauge::new(200, start);
+        feed(&mut gauge, start, 1_000);
+        assert_eq!(gauge.current, Duration::from_micros(200));
+        feed(&mut gauge, start + Duration::from_secs(1), 1_000_000);
+        assert_eq!(gauge.current, Duration::from_micros(200));
+    }
 }

@@ -146,12 +146,15 @@ impl Link {
             }
             let ack = (qos != QoS::AtMostOnce).then(|| (self.connection.clone(), packet_id));
             let username = self.username.as_deref();
-            let submitted = self
-                .shard
-                .bridge
-                .borrow_mut()
-                .submit(&message, username, ack, now);
-            self.shard.bridge_activity.notify();
+            let (submitted, timer_wanted) = {
+                let mut bridge = self.shard.bridge.borrow_mut();
+                let submitted = bridge.submit(&message, username, ack, now);
+                (submitted, bridge.take_timer_wanted())
+            };
+            if timer_wanted {
+                // Only a batch left waiting, or held by a full ring, needs the linger timer.
+                self.shard.bridge_activity.notify();
+            }
             self.shard.spool_activity.notify();
             // With `ack = "kafka"` the PUBACK/PUBREC waits for Kafka (report loop).
             deferred = matches!(submitted, Submitted::Deferred(_));

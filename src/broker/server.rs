@@ -852,18 +852,19 @@ fn acknowledge_pending(shard: &ShardRef, ack: PendingAck) {
     }
 }
 
-/// Sends each Kafka batch at the latest `linger_us` after its first record, and retries
-/// batches that found their ring full.
+/// Sends each Kafka batch when its lane's linger has passed since its first record (at
+/// most `linger_us`), and retries batches that found their ring full. Sleeps while no
+/// batch is open or held: the bridge asks for it (`take_timer_wanted`) when one opens.
 async fn kafka_linger_loop(shard: ShardRef) {
-    let linger = Duration::from_micros(shard.bridge.borrow().linger_us().max(LINGER_TICK_US_MIN));
+    let tick_min = Duration::from_micros(LINGER_TICK_US_MIN);
     while shard.bridge_activity.wait().await {
         loop {
-            runtime::sleep(linger).await;
-            let busy = shard.bridge.borrow_mut().tick(Instant::now());
+            let now = Instant::now();
+            // Bound here, not in a `while let`: that borrow would last across the sleep.
+            let due = shard.bridge.borrow_mut().tick(now);
             wake_backlogged_publishers(&shard);
-            if !busy {
-                break;
-            }
+            let Some(due) = due else { break };
+            runtime::sleep(due.saturating_duration_since(now).max(tick_min)).await;
         }
     }
 }
