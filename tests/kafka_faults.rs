@@ -369,6 +369,78 @@ fn leader_broker_down_then_up_loses_nothing() {
     drop(broker);
 }
 
+/// CPU time of process `pid` so far (all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // After the command name (which may hold spaces), utime and stime are fields 12 and 13.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("(comm)") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the system.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Broker CPUs busy while two 5.0 publishers (one per shard) each send `count` QoS 1
+/// messages, one every `pace`, and get every PUBACK.
+fn broker_cpus_for_stream(broker: &Broker, tag: &str, count: u16, pace: Duration) -> f64 {
+    let before = cpu_seconds(broker.pid());
+    let started = Instant::now();
+    let publishers: Vec<_> = (0..2)
+        .map(|shard| {
+            let id = common::id_on(shard, &format!("{tag}-pub"));
+            publish_stream(
+                broker,
+                &id,
+                &format!("{tag}{shard}"),
+                count,
+                pace,
+                Arc::default(),
+            )
+        })
+        .collect();
+    for publisher in publishers {
+        assert_all_success(&publisher.join().unwrap());
+    }
+    (cpu_seconds(broker.pid()) - before) / started.elapsed().as_secs_f64()
+}
+
+/// Fault 1b: a slow Kafka (every response 400 ms late, with transient Produce errors to
+/// retry, as a loaded or failing-over cluster answers) must not make the broker burn CPU
+/// while it waits (issue 12: a busy loop in librdkafka's broker threads was once seen
+/// with a stalling Kafka). The same stream costs at most a little more than with a prompt
+/// Kafka, and every message is acknowledged with success.
+#[test]
+fn slow_kafka_costs_the_broker_no_busy_loop() {
+    const COUNT: u16 = 1500;
+    const PACE: Duration = Duration::from_millis(2);
+    let mock = mock_cluster(1);
+    let broker = start_broker("slow", &mock.bootstrap_servers(), "");
+    let prompt = broker_cpus_for_stream(&broker, "prompt", COUNT, PACE);
+    mock.broker_round_trip_time(1, Duration::from_millis(400))
+        .expect("set the mock broker's round trip time");
+    let errors: Vec<RDKafkaRespErr> = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+    ]
+    .iter()
+    .cycle()
+    .take(30)
+    .copied()
+    .collect();
+    mock.request_errors(RDKafkaApiKey::Produce, &errors);
+    let slow = broker_cpus_for_stream(&broker, "slow", COUNT, PACE);
+    eprintln!(
+        "broker CPUs: {prompt:.3} with a prompt Kafka, {slow:.3} with every response 400 ms late"
+    );
+    assert!(
+        slow <= prompt + 0.25,
+        "broker CPUs {slow:.3} with a slow Kafka, {prompt:.3} with a prompt one"
+    );
+    drop(broker);
+}
+
 /// Fault 2: Transient Produce errors are retried by librdkafka: every PUBACK is a success and
 /// every record is in Kafka.
 #[test]

@@ -727,6 +727,154 @@ topic = "{p}-all"
 // ---------------------------------------------------------------------------------------
 // 5. PUBACK waits for Kafka.
 
+/// CPU time of process `pid` so far (all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may hold spaces): utime is the 14th field.
+    let after_name = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so that a failing test does
+/// not leave its Kafka stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Publishers on both shards each send a burst of QoS 1 PUBLISHes every `gap` for `period`
+/// (a burst makes Produce requests of several records, as a steady load of many devices
+/// does), taking events (PUBACKs) meanwhile; returns the broker's CPU time over that
+/// period, in CPUs. Each payload sent is added to `sent`, and each publisher's count to
+/// `counts`.
+/// PUBLISHes per publisher and burst in [`broker_cpus_while_publishing`].
+const BURST: usize = 10;
+
+fn broker_cpus_while_publishing(
+    broker: &Broker,
+    publishers: &mut [Mqtt],
+    counts: &mut [usize],
+    sent: &mut Vec<String>,
+    label: &str,
+    period: Duration,
+    gap: Duration,
+) -> f64 {
+    let cpu_before = cpu_seconds(broker.pid());
+    let started = Instant::now();
+    while started.elapsed() < period {
+        for (publisher, count) in publishers.iter_mut().zip(counts.iter_mut()) {
+            for _ in 0..BURST {
+                let payload = format!("{label} {:05}", sent.len());
+                publisher.publish("stall/x", QoS::AtLeastOnce, payload.clone());
+                sent.push(payload);
+                *count += 1;
+            }
+        }
+        let each = gap / publishers.len() as u32;
+        for publisher in publishers.iter_mut() {
+            publisher.idle(each);
+        }
+    }
+    (cpu_seconds(broker.pid()) - cpu_before) / started.elapsed().as_secs_f64()
+}
+
+/// A Kafka that stops answering while connected (SIGSTOP: a hung broker, or a network stall
+/// that keeps the connection up) must cost the broker no more CPU than the same load with
+/// Kafka healthy (issue 12, item 3). Nothing is lost: after the stall every PUBACK comes
+/// and every record is in Kafka.
+#[test]
+fn stalled_kafka_costs_the_broker_no_more_cpu_than_healthy_kafka() {
+    const PERIOD: Duration = Duration::from_secs(4);
+    const GAP: Duration = Duration::from_millis(100);
+    let kafka = ExtraKafka::start("stall");
+    let bootstrap = kafka.bootstrap();
+    let topic = kafka::unique("pipeline-stall");
+    let (broker, _file) = start_broker(&format!(
+        r#"
+[kafka.clusters.stall]
+bootstrap = "{bootstrap}"
+
+[[kafka.mapping]]
+mqtt = "stall/#"
+topic = "{topic}"
+ack = "kafka"
+"#
+    ));
+    let mut publishers: Vec<Mqtt> = (0..4)
+        .map(|i| Mqtt::connect(&broker, &id_on(i, &format!("stall-{i}"))))
+        .collect();
+    let mut counts = vec![0; publishers.len()];
+    let mut sent = Vec::new();
+    for (i, publisher) in publishers.iter_mut().enumerate() {
+        let payload = format!("warm {i}");
+        publisher.publish("stall/x", QoS::AtLeastOnce, payload.clone());
+        publisher.wait_pubacks(1, Duration::from_secs(30));
+        sent.push(payload);
+        counts[i] += 1;
+    }
+
+    let mut measure = |label: &str, publishers: &mut [Mqtt]| {
+        broker_cpus_while_publishing(
+            &broker,
+            publishers,
+            &mut counts,
+            &mut sent,
+            label,
+            PERIOD,
+            GAP,
+        )
+    };
+    let healthy = measure("healthy", &mut publishers);
+    let stopped = Stopped::stop(kafka.pid());
+    let stalled = measure("stalled", &mut publishers);
+    let acked_in_stall: usize = publishers.iter().map(|p| p.pubacks.len()).sum();
+    drop(stopped);
+    eprintln!("broker CPUs: {healthy:.3} with Kafka healthy, {stalled:.3} with Kafka stalled");
+    assert!(
+        stalled <= healthy + 0.25,
+        "broker CPUs: {stalled:.3} with Kafka stalled, {healthy:.3} with Kafka healthy"
+    );
+
+    // Nothing lost: every PUBACK comes, every message is in Kafka.
+    assert!(acked_in_stall < sent.len(), "the stall held no PUBACK back");
+    for (publisher, count) in publishers.iter_mut().zip(&counts) {
+        publisher.wait_pubacks(*count, Duration::from_secs(60));
+    }
+    let records = kafka::read_topic(&bootstrap, &topic, sent.len(), READ);
+    let mut got: Vec<&str> = texts(&records);
+    got.sort();
+    got.dedup();
+    sent.sort();
+    assert_eq!(got, sent, "records in Kafka");
+    for publisher in publishers {
+        publisher.disconnect();
+    }
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
 /// `ack = "kafka"`: "QoS≥1 PUBACK sent when Kafka acknowledged every matched record";
 /// during an outage "the device keeps the message (no ack yet)". With the cluster's Kafka
 /// stopped, no PUBACK comes within 3 s; once it is back every PUBACK comes and every record

@@ -235,6 +235,21 @@ impl ExtraKafka {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process of this instance: the one listening on its port.
+    pub fn pid(&self) -> u32 {
+        let wanted = format!("127.0.0.1:{}", self.port);
+        let output = Command::new("ss")
+            .args(["-Hltnp", &format!("sport = :{}", self.port)])
+            .output()
+            .expect("run ss (iproute2)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split("pid=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no process listens on {wanted}: {text}"))
+    }
+
     /// `scripts/kafka CMD --name NAME --port PORT`; fails the test if the script does.
     pub fn run(&self, cmd: &str) {
         let started = Instant::now();
