@@ -7,6 +7,8 @@
 //! - [`engine`]: one shard per CPU driving its devices; [`device`]: one device's state
 //!   machine over the broker's codec;
 //! - [`verify`]: the Kafka consumer and the subscription check;
+//! - [`probe`]: Kafka warmed up before the clock starts, and its own produce latency
+//!   measured during the run;
 //! - [`report`]: counters, progress line, latency histograms, the report and its JSON;
 //! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged.
 //!
@@ -18,12 +20,14 @@
 //! Besides messages, the report measures connections: TCP connect → CONNACK latency per
 //! connection (`latency.connect`) and the connect rate over the connect phase
 //! (`connections.connects_per_sec`); with `--verify-kafka`, the rate at which messages
-//! reached Kafka (`kafka.received_per_sec`).
+//! reached Kafka (`kafka.received_per_sec`) and, beside publish→ack, Kafka's own produce
+//! latency on the same cluster (`latency.kafka_probe`).
 
 mod device;
 mod engine;
 mod net;
 mod preflight;
+mod probe;
 mod procs;
 mod report;
 mod run;
@@ -192,9 +196,28 @@ struct Args {
     /// Seconds after the run to wait for acknowledged messages to appear in Kafka.
     #[arg(long, default_value_t = 60)]
     verify_timeout_secs: u64,
+    /// With --verify-kafka, warm Kafka up before the clock starts (after
+    /// --kafka-create-topics, before the topics' end offsets are captured and the first
+    /// device connects): rounds of small probe records, one to each partition of the
+    /// --kafka-topic topics that exist and one to --kafka-probe-topic, until the slowest
+    /// record of a round is acknowledged within 50 ms of its send three rounds in a row, or
+    /// until this many seconds have passed (then a warning says how slow Kafka still was
+    /// and the run goes on). One line tells how long it took. The verification reads from
+    /// after the probe records, so it never counts them. 0: no warm-up.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    kafka_warmup_timeout: u64,
+    /// With --verify-kafka, the topic (created with 1 partition if missing) that gets one
+    /// small record every 100 ms during the run, from a producer of its own. Their send →
+    /// ack latency is reported as "Kafka produce (probe)" beside publish→ack (JSON:
+    /// latency.kafka_probe, kafka_probe): Kafka's own append latency on the same cluster at
+    /// the same time, which tells whether slow acks waited for Kafka or for the broker.
+    /// With --procs the parent process sends them, until the last process has verified.
+    #[arg(long, value_name = "TOPIC", default_value = probe::PROBE_TOPIC_DEFAULT)]
+    kafka_probe_topic: String,
     /// Write the final report as JSON to this file: counts, rates (e.g.
     /// connections.connects_per_sec, kafka.received_per_sec) and latency summaries in µs
-    /// (latency.connect, .puback, .subscriber, .kafka), with the histograms behind them.
+    /// (latency.connect, .puback, .subscriber, .kafka, .kafka_probe), with the histograms
+    /// behind them.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write per-device figures (sent, acknowledged, received in Kafka, lost, duplicated,
@@ -294,6 +317,9 @@ fn check(args: &Args) -> Result<(), String> {
     }
     if args.verify_kafka.is_some() && args.kafka_topic.is_empty() {
         return Err("--verify-kafka: name the topic(s) to read with --kafka-topic".into());
+    }
+    if args.kafka_probe_topic.is_empty() {
+        return Err("--kafka-probe-topic: must not be empty".into());
     }
     if args.kafka_create_topics.is_some_and(|n| n < 1) {
         return Err("--kafka-create-topics: at least 1 partition".into());
@@ -462,6 +488,8 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
             topics: args.kafka_topic.clone(),
             timeout: Duration::from_secs(args.verify_timeout_secs),
             create_partitions: args.kafka_create_topics,
+            warmup_timeout: Duration::from_secs(args.kafka_warmup_timeout),
+            probe_topic: args.kafka_probe_topic.clone(),
         }),
         json: args.json.clone(),
         per_device_csv: args.per_device.clone(),
@@ -559,10 +587,21 @@ fn main() -> ExitCode {
     if !scenario.child {
         println!("scenario: {}", run::describe(&scenario));
     }
+    // Before the clock starts, once, in the process that prints the report.
+    let probe = match (&scenario.verify, scenario.child) {
+        (Some(verify), false) => match probe::KafkaProbe::prepare(verify) {
+            Ok(probe) => Some(probe),
+            Err(message) => {
+                eprintln!("ferrymq-loadgen: {message}");
+                return ExitCode::from(3);
+            }
+        },
+        _ => None,
+    };
     let result = if procs > 1 {
-        procs::run(&scenario, args.total_rate, procs)
+        procs::run(&scenario, args.total_rate, procs, probe)
     } else {
-        run::run(scenario.clone())
+        run::run(scenario.clone(), probe)
     };
     let report = match result {
         Ok(report) => report,

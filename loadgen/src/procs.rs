@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::report::{Report, Totals};
+use crate::probe::KafkaProbe;
+use crate::report::{dump, Report, Totals};
 use crate::run::{describe, stop_on_signals, MemorySampler};
 use crate::scenario::Scenario;
 
@@ -89,7 +90,14 @@ pub fn child_args(
     args
 }
 
-pub fn run(scenario: &Scenario, total_rate: Option<f64>, procs: u64) -> Result<Report, String> {
+/// `probe`: prepared (Kafka warmed up) before; it sends from the children's start until the
+/// last one has finished (verification included).
+pub fn run(
+    scenario: &Scenario,
+    total_rate: Option<f64>,
+    procs: u64,
+    mut probe: Option<KafkaProbe>,
+) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| format!("--procs: own executable: {e}"))?;
     let own_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let interrupted = stop_on_signals();
@@ -97,6 +105,9 @@ pub fn run(scenario: &Scenario, total_rate: Option<f64>, procs: u64) -> Result<R
     let mut children: Vec<(Child, std::path::PathBuf)> = Vec::new();
     let mut readers = Vec::new();
     let mut memory = MemorySampler::new(&scenario.broker_pids, false);
+    if let Some(probe) = &mut probe {
+        probe.start();
+    }
     for k in 0..procs {
         let json =
             std::env::temp_dir().join(format!("ferrymq-loadgen-{}-{k}.json", std::process::id()));
@@ -163,6 +174,7 @@ pub fn run(scenario: &Scenario, total_rate: Option<f64>, procs: u64) -> Result<R
     for reader in readers {
         let _ = reader.join();
     }
+    let probed = probe.map(KafkaProbe::finish);
 
     let mut merged: Option<Report> = None;
     for (k, (mut child, json)) in children.into_iter().enumerate() {
@@ -184,6 +196,11 @@ pub fn run(scenario: &Scenario, total_rate: Option<f64>, procs: u64) -> Result<R
     report.memory.broker_rss_base_bytes = broker.broker_rss_base_bytes;
     report.memory.broker_rss_connected_bytes = broker.broker_rss_connected_bytes;
     report.memory.broker_bytes_per_connection = broker.broker_bytes_per_connection;
+    if let Some((figures, latency)) = probed {
+        report.kafka_probe = Some(figures);
+        report.histograms.kafka_probe = dump(&latency);
+        report.summarize_latencies();
+    }
     Ok(report)
 }
 

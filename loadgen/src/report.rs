@@ -272,6 +272,30 @@ impl KafkaFigures {
     }
 }
 
+/// Kafka's own append latency on the same cluster, measured beside the run
+/// (`--verify-kafka`, see the `probe` module): the probe records and the warm-up before
+/// the clock. Their send → ack latencies are `latency.kafka_probe`.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaProbeFigures {
+    /// The topic the probe records went to (one partition).
+    pub topic: String,
+    /// One record this often during the run.
+    pub interval_ms: u64,
+    /// Probe records sent during the run.
+    pub sent: u64,
+    /// Probe records Kafka refused.
+    pub failed: u64,
+    /// Probe records still without an answer at the end (after waiting up to 10 s).
+    pub unanswered: u64,
+    /// "warm": three warm-up rounds in a row were answered within 50 ms; "slow":
+    /// `--kafka-warmup-timeout` passed first; "off": no warm-up.
+    pub warmup: String,
+    pub warmup_secs: f64,
+    pub warmup_rounds: u64,
+    /// The last warm-up rounds' round trips (the slowest record of each), oldest first, µs.
+    pub warmup_round_trips_us: Vec<u64>,
+}
+
 /// What this process's subscribing devices saw of its publishers' messages.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubscriberFigures {
@@ -299,6 +323,8 @@ pub struct LatencyFigures {
     pub kafka: LatencySummary,
     /// Start of the TCP connect → CONNACK, per connection established.
     pub connect: LatencySummary,
+    /// Send → ack of the probe records: Kafka's own append latency during the run.
+    pub kafka_probe: LatencySummary,
 }
 
 /// The process's allocator: mimalloc, counting the bytes handed out and not yet returned,
@@ -425,6 +451,7 @@ pub struct Histograms {
     pub subscriber: Vec<[u64; 2]>,
     pub kafka: Vec<[u64; 2]>,
     pub connect: Vec<[u64; 2]>,
+    pub kafka_probe: Vec<[u64; 2]>,
 }
 
 /// The final report; `--json` writes it as is.
@@ -438,6 +465,7 @@ pub struct Report {
     pub messages: MessageFigures,
     pub kafka: Option<KafkaFigures>,
     pub subscriptions: Option<SubscriberFigures>,
+    pub kafka_probe: Option<KafkaProbeFigures>,
     pub latency: LatencyFigures,
     pub memory: MemoryFigures,
     pub devices_with_issues: Vec<DeviceIssue>,
@@ -466,6 +494,7 @@ impl Report {
             subscriber: LatencySummary::of(&undump(&self.histograms.subscriber)),
             kafka: LatencySummary::of(&undump(&self.histograms.kafka)),
             connect: LatencySummary::of(&undump(&self.histograms.connect)),
+            kafka_probe: LatencySummary::of(&undump(&self.histograms.kafka_probe)),
         };
     }
 
@@ -533,6 +562,15 @@ impl Report {
             (None, Some(o)) => self.subscriptions = Some(o.clone()),
             _ => {}
         }
+        match (&mut self.kafka_probe, &other.kafka_probe) {
+            (Some(p), Some(o)) => {
+                p.sent += o.sent;
+                p.failed += o.failed;
+                p.unanswered += o.unanswered;
+            }
+            (None, Some(o)) => self.kafka_probe = Some(o.clone()),
+            _ => {}
+        }
         self.memory.merge(&other.memory);
         let room = DEVICE_ISSUES_LISTED_MAX.saturating_sub(self.devices_with_issues.len());
         self.devices_with_issues
@@ -545,6 +583,10 @@ impl Report {
             ),
             (&mut self.histograms.kafka, &other.histograms.kafka),
             (&mut self.histograms.connect, &other.histograms.connect),
+            (
+                &mut self.histograms.kafka_probe,
+                &other.histograms.kafka_probe,
+            ),
         ] {
             let mut merged = undump(mine);
             merged
@@ -613,6 +655,29 @@ impl Report {
                 k.topics.join(",")
             ));
         }
+        if let Some(p) = &self.kafka_probe {
+            let trips = p
+                .warmup_round_trips_us
+                .iter()
+                .map(|&us| format!("{:.1}", us as f64 / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let warmup = match p.warmup.as_str() {
+                "off" => "no warm-up".to_string(),
+                "warm" => format!(
+                    "Kafka warm after a {:.1} s warm-up (last round trips {trips} ms)",
+                    p.warmup_secs
+                ),
+                _ => format!(
+                    "Kafka STILL SLOW after a {:.1} s warm-up (last round trips {trips} ms)",
+                    p.warmup_secs
+                ),
+            };
+            line(format!(
+                "kafka probe  {} records to {}, one every {} ms, failed {}, unanswered {}; {warmup}",
+                p.sent, p.topic, p.interval_ms, p.failed, p.unanswered
+            ));
+        }
         if let Some(s) = &self.subscriptions {
             let mut text = format!(
                 "subscribers  {} {}subscribers expected {}, received {}, LOST {}, duplicated {}, \
@@ -643,6 +708,10 @@ impl Report {
             ("publish→ack".to_string(), &self.latency.puback),
             ("publish→subscriber".to_string(), &self.latency.subscriber),
             (kafka_label, &self.latency.kafka),
+            (
+                "Kafka produce (probe)".to_string(),
+                &self.latency.kafka_probe,
+            ),
         ] {
             if summary.count == 0 {
                 continue;
@@ -656,6 +725,16 @@ impl Report {
                 ms(summary.p999_us),
                 ms(summary.max_us),
                 summary.count
+            ));
+        }
+        let probe = &self.latency.kafka_probe;
+        if probe.count > 0 && probe.p99_us >= KAFKA_SLOW_US {
+            line(format!(
+                "note         Kafka itself was slow: its own produce latency (probe) reached \
+                 {:.0} ms at p99, {:.0} ms at most; acks that wait for Kafka (ack = \"kafka\") \
+                 include that",
+                probe.p99_us as f64 / 1000.0,
+                probe.max_us as f64 / 1000.0
             ));
         }
         let mem = &self.memory;
@@ -726,6 +805,9 @@ fn earliest(a: u64, b: u64) -> u64 {
         (a, b) => a.min(b),
     }
 }
+
+/// A probe p99 from here on gets the "Kafka itself was slow" note.
+const KAFKA_SLOW_US: u64 = 50_000;
 
 /// Below this many connections allocator noise outweighs what devices cost.
 const MEMORY_SAMPLE_CONNECTIONS_MIN: i64 = 100;
@@ -849,6 +931,53 @@ mod tests {
             .table()
             .contains("320/s over the connect phase of 1.25 s"));
         assert!(merged.table().contains("connect→CONNACK"));
+    }
+
+    #[test]
+    fn the_kafka_probe_has_its_own_row_and_a_note_when_kafka_was_slow() {
+        let probe = |us: u64| {
+            let mut report = report_with(10, 0, &[90_000; 10]);
+            let mut histogram = latency_histogram();
+            for _ in 0..20 {
+                record_latency(&mut histogram, us);
+            }
+            report.histograms.kafka_probe = dump(&histogram);
+            report.kafka_probe = Some(KafkaProbeFigures {
+                topic: "probe".into(),
+                interval_ms: 100,
+                sent: 20,
+                warmup: "warm".into(),
+                warmup_secs: 1.5,
+                warmup_rounds: 9,
+                warmup_round_trips_us: vec![30_000, 2_000, 1_000],
+                ..Default::default()
+            });
+            report.summarize_latencies();
+            report
+        };
+        let fast = probe(2_000);
+        assert_eq!(fast.latency.kafka_probe.count, 20);
+        let table = fast.table();
+        assert!(table.contains("Kafka produce (probe)"), "{table}");
+        assert!(
+            table.contains("kafka probe  20 records to probe"),
+            "{table}"
+        );
+        assert!(
+            table.contains("last round trips 30.0, 2.0, 1.0 ms"),
+            "{table}"
+        );
+        assert!(!table.contains("Kafka itself was slow"), "{table}");
+        let slow = probe(80_000);
+        assert!(slow.table().contains("Kafka itself was slow"));
+        // Merged: one probe figure, the histograms added.
+        let mut merged = fast.clone();
+        merged.merge(&report_with(10, 0, &[1_000]));
+        assert_eq!(merged.latency.kafka_probe.count, 20);
+        assert_eq!(merged.kafka_probe, fast.kafka_probe);
+        let text = serde_json::to_string(&slow).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, slow);
     }
 
     #[test]

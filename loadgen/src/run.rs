@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::Failure;
 use crate::engine::{self, Control};
+use crate::probe::KafkaProbe;
 use crate::report::{
     dump, heap_live_bytes, latency_histogram, rss_bytes, ConnectionFigures, DeviceFigures,
     DeviceIssue, Histograms, MemoryFigures, MessageFigures, Report, Totals,
@@ -118,7 +119,9 @@ pub fn describe(scenario: &Scenario) -> String {
     text
 }
 
-pub fn run(scenario: Scenario) -> Result<Report, String> {
+/// `probe`: prepared (Kafka warmed up) before; it sends from the clock's start until the
+/// devices are done.
+pub fn run(scenario: Scenario, mut probe: Option<KafkaProbe>) -> Result<Report, String> {
     let scenario = Arc::new(scenario);
     let verifier = match &scenario.verify {
         Some(verify) => Some(KafkaVerifier::start(
@@ -147,6 +150,9 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut memory = MemorySampler::new(&scenario.broker_pids, true);
+    if let Some(probe) = &mut probe {
+        probe.start();
+    }
     let started = Instant::now();
     control.go.store(true, Ordering::Release);
 
@@ -188,6 +194,13 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
         .map_err(|e| format!("shards: {e}"))?;
     let elapsed = started.elapsed();
     let totals = Totals::of(&control.counters);
+    let (kafka_probe, probe_latency) = match probe {
+        Some(probe) => {
+            let (figures, latency) = probe.finish();
+            (Some(figures), latency)
+        }
+        None => (None, latency_histogram()),
+    };
 
     let mut records: Vec<DeviceRecord> = Vec::new();
     let mut puback = latency_histogram();
@@ -278,6 +291,7 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
         },
         kafka,
         subscriptions,
+        kafka_probe,
         memory: memory.figures,
         devices_with_issues: issues,
         histograms: Histograms {
@@ -285,6 +299,7 @@ pub fn run(scenario: Scenario) -> Result<Report, String> {
             subscriber: dump(&subscriber),
             kafka: dump(&kafka_latency),
             connect: dump(&connect),
+            kafka_probe: dump(&probe_latency),
         },
         ..Default::default()
     };

@@ -227,6 +227,10 @@ pub struct KafkaVerify {
     pub timeout: Duration,
     /// Create missing topics with this many partitions and LogAppendTime timestamps.
     pub create_partitions: Option<i32>,
+    /// Bound of the warm-up before the clock starts (zero: no warm-up); see [`crate::probe`].
+    pub warmup_timeout: Duration,
+    /// Where the probe records go during the run.
+    pub probe_topic: String,
 }
 
 /// Everything a run needs to know, fixed before it starts.

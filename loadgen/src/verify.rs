@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ferrymq::protocol::QoS;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, Timestamp};
@@ -248,12 +248,12 @@ impl Reader {
             .create()
             .map_err(|e| format!("--verify-kafka: create the consumer: {e}"))?;
         if let Some(count) = verify.create_partitions {
-            create_missing_topics(&consumer, verify, count)?;
+            create_missing_topics(consumer.client(), verify, count)?;
         }
         let mut assignment = TopicPartitionList::new();
         let mut absent = Vec::new();
         for topic in &verify.topics {
-            match partitions(&consumer, topic)? {
+            match partitions(consumer.client(), topic)? {
                 Some(partitions) => {
                     for partition in partitions {
                         let (_, high) = consumer
@@ -282,7 +282,7 @@ impl Reader {
     fn adopt_new_topics(&mut self) {
         let mut still_absent = Vec::new();
         for topic in std::mem::take(&mut self.absent) {
-            match partitions(&self.consumer, &topic) {
+            match partitions(self.consumer.client(), &topic) {
                 Ok(Some(partitions)) => {
                     let mut added = TopicPartitionList::new();
                     for partition in partitions {
@@ -519,47 +519,71 @@ fn tally(
 /// `--kafka-create-topics`: creates the topics that do not exist yet, with Kafka's
 /// append time as record timestamp, so that publish→Kafka is measured to the moment the
 /// broker stored the record; then waits until each has a leader.
-fn create_missing_topics(
-    consumer: &BaseConsumer,
+pub fn create_missing_topics<C: ClientContext>(
+    client: &Client<C>,
     verify: &KafkaVerify,
     count: i32,
 ) -> Result<(), String> {
+    let topics: Vec<&str> = verify.topics.iter().map(String::as_str).collect();
+    create_missing(
+        client,
+        &verify.bootstrap,
+        &topics,
+        count,
+        true,
+        "--kafka-create-topics",
+    )
+}
+
+/// Creates those of `topics` that do not exist yet with `count` partitions (and
+/// LogAppendTime timestamps if asked), then waits until each has a leader. `flag` starts
+/// the error messages.
+pub fn create_missing<C: ClientContext>(
+    client: &Client<C>,
+    bootstrap: &str,
+    topics: &[&str],
+    count: i32,
+    log_append_time: bool,
+    flag: &str,
+) -> Result<(), String> {
     let mut missing = Vec::new();
-    for topic in &verify.topics {
-        if partitions(consumer, topic)?.is_none() {
-            missing.push(topic.as_str());
+    for &topic in topics {
+        if partitions(client, topic)?.is_none() {
+            missing.push(topic);
         }
     }
     if missing.is_empty() {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &verify.bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .create()
-        .map_err(|e| format!("--kafka-create-topics: admin client: {e}"))?;
-    let topics: Vec<NewTopic> = missing
+        .map_err(|e| format!("{flag}: admin client: {e}"))?;
+    let new_topics: Vec<NewTopic> = missing
         .iter()
         .map(|topic| {
-            NewTopic::new(topic, count, TopicReplication::Fixed(1))
-                .set("message.timestamp.type", "LogAppendTime")
+            let topic = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+            if log_append_time {
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = futures_lite::future::block_on(admin.create_topics(&topics, &options))
-        .map_err(|e| format!("--kafka-create-topics: {e}"))?;
+    let results = futures_lite::future::block_on(admin.create_topics(&new_topics, &options))
+        .map_err(|e| format!("{flag}: {e}"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("--kafka-create-topics: {topic}: {code}")),
+            Err((topic, code)) => return Err(format!("{flag}: {topic}: {code}")),
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for topic in missing {
-        while partitions(consumer, topic)?.is_none() {
+        while partitions(client, topic)?.is_none() {
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "--kafka-create-topics: {topic} has no leader after 30 s"
-                ));
+                return Err(format!("{flag}: {topic} has no leader after 30 s"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -567,9 +591,13 @@ fn create_missing_topics(
     Ok(())
 }
 
-/// Partitions of `topic` when it exists with a leader for each.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Option<Vec<i32>>, String> {
-    let metadata = consumer
+/// Partitions of `topic` when it exists with a leader for each. The client must not
+/// create topics by asking (`allow.auto.create.topics=false`).
+pub fn partitions<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+) -> Result<Option<Vec<i32>>, String> {
+    let metadata = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| format!("--verify-kafka: metadata of {topic}: {e}"))?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {

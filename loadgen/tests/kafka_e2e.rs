@@ -88,6 +88,17 @@ fn run_loadgen(
     kafka_topic: &str,
     args: &[&str],
 ) -> (i32, serde_json::Value) {
+    let (code, report, _) = run_loadgen_with_output(broker, topic_template, kafka_topic, args);
+    (code, report)
+}
+
+/// As [`run_loadgen`], with what the loadgen printed (stdout, then stderr) too.
+fn run_loadgen_with_output(
+    broker: &Broker,
+    topic_template: &str,
+    kafka_topic: &str,
+    args: &[&str],
+) -> (i32, serde_json::Value, String) {
     let json = broker.dir.join("report.json");
     let started = Instant::now();
     let output = Command::new(loadgen())
@@ -99,8 +110,12 @@ fn run_loadgen(
         .args(args)
         .output()
         .expect("run ferrymq-loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{printed}");
     assert!(
         started.elapsed() < Duration::from_secs(150),
         "the run took {:?}",
@@ -110,6 +125,7 @@ fn run_loadgen(
     (
         output.status.code().unwrap_or(-1),
         serde_json::from_str(&report).expect("JSON report"),
+        printed,
     )
 }
 
@@ -192,6 +208,8 @@ fn churn_over_two_processes_with_subscribers_and_qos2() {
             "1",
             "--procs",
             "2",
+            "--kafka-warmup-timeout",
+            "0",
         ],
     );
     assert_eq!(code, 0, "{report}");
@@ -210,4 +228,65 @@ fn churn_over_two_processes_with_subscribers_and_qos2() {
         figure(&report, "connections.connects")
     );
     assert!(report["kafka"]["received_per_sec"].as_f64().unwrap() > 0.0);
+    // The parent process probes Kafka beside its children; no warm-up was asked for.
+    assert!(figure(&report, "latency.kafka_probe.count") > 0, "{report}");
+    assert_eq!(report["kafka_probe"]["warmup"], "off", "{report}");
+}
+
+/// Before the clock starts Kafka is warmed up (one line says how long it took), and during
+/// the run a probe record every 100 ms measures Kafka's own produce latency: the report
+/// carries it beside publish→ack, and the verification never reads a probe record.
+#[test]
+fn kafka_is_warmed_up_before_the_clock_and_probed_during_the_run() {
+    let name = unique("lge2e-probe");
+    let broker = Broker::start(&format!("{name}/#"), &name);
+    let probe_topic = format!("{name}-probe");
+    let (code, report, printed) = run_loadgen_with_output(
+        &broker,
+        &format!("{name}/%i"),
+        &name,
+        &[
+            "-c",
+            "20",
+            "-I",
+            "100",
+            "--duration",
+            "2",
+            "--kafka-warmup-timeout",
+            "20",
+            "--kafka-probe-topic",
+            &probe_topic,
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    let warmup_line = printed
+        .lines()
+        .find(|l| l.starts_with("kafka warm-up: ") || l.contains("Kafka still slow after"));
+    assert!(warmup_line.is_some(), "no warm-up line in:\n{printed}");
+    let warmup = report["kafka_probe"]["warmup"].as_str().unwrap_or_default();
+    assert!(warmup == "warm" || warmup == "slow", "{report}");
+    assert!(
+        figure(&report, "kafka_probe.warmup_rounds") >= 1,
+        "{report}"
+    );
+    assert_eq!(report["kafka_probe"]["topic"], probe_topic.as_str());
+    // About 20 probes in 2 s (one every 100 ms), each answered.
+    let probes = figure(&report, "latency.kafka_probe.count");
+    assert!(probes >= 5, "{report}");
+    assert_eq!(probes, figure(&report, "kafka_probe.sent"), "{report}");
+    assert_eq!(figure(&report, "kafka_probe.failed"), 0);
+    assert!(figure(&report, "latency.kafka_probe.p50_us") > 0);
+    assert!(!report["histograms"]["kafka_probe"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(printed.contains("Kafka produce (probe)"), "{printed}");
+    // The warm-up's records are in the verified topic before the captured offsets.
+    assert_eq!(figure(&report, "kafka.foreign"), 0, "{report}");
+    assert_eq!(figure(&report, "kafka.unexpected"), 0, "{report}");
+    assert_eq!(figure(&report, "kafka.lost"), 0);
+    assert_eq!(
+        figure(&report, "kafka.received"),
+        figure(&report, "messages.sent")
+    );
 }
