@@ -580,12 +580,16 @@ fn answer_to(broker: &Broker, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn connect_errors_get_the_right_connack_or_a_close() {
     let broker = Broker::start();
-    // [MQTT-3.1.2-2]: protocol level 6 with name "MQTT": CONNACK in the 3.1.1 form with
-    // return code 0x01 (unacceptable protocol version), then close.
+    // [MQTT-3.1.2-2]: protocol level 6 with name "MQTT", a version newer than 5: CONNACK in
+    // the 5.0 form with 0x84 (Unsupported Protocol Version), then close.
     let level_6 = [
         0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x01, b'x',
     ];
-    assert_eq!(answer_to(&broker, &level_6), [0x20, 0x02, 0x00, 0x01]);
+    assert_eq!(answer_to(&broker, &level_6), [0x20, 0x03, 0x00, 0x84, 0x00]);
+    // Level 2, older than any version: the 3.1.1 form with return code 0x01.
+    let mut level_2 = level_6;
+    level_2[8] = 0x02;
+    assert_eq!(answer_to(&broker, &level_2), [0x20, 0x02, 0x00, 0x01]);
 
     // 3.1.1 [MQTT-3.1.3-8]: an empty client id with Clean Session 0: CONNACK 0x02
     // (identifier rejected), then close.
