@@ -369,22 +369,10 @@ fn leader_broker_down_then_up_loses_nothing() {
     drop(broker);
 }
 
-/// CPU time of process `pid` so far (all its threads), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // After the command name (which may hold spaces), utime and stime are fields 12 and 13.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("(comm)") + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a constant of the system.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// Broker CPUs busy while two 5.0 publishers (one per shard) each send `count` QoS 1
 /// messages, one every `pace`, and get every PUBACK.
 fn broker_cpus_for_stream(broker: &Broker, tag: &str, count: u16, pace: Duration) -> f64 {
-    let before = cpu_seconds(broker.pid());
+    let before = broker.cpu_seconds();
     let started = Instant::now();
     let publishers: Vec<_> = (0..2)
         .map(|shard| {
@@ -402,7 +390,7 @@ fn broker_cpus_for_stream(broker: &Broker, tag: &str, count: u16, pace: Duration
     for publisher in publishers {
         assert_all_success(&publisher.join().unwrap());
     }
-    (cpu_seconds(broker.pid()) - before) / started.elapsed().as_secs_f64()
+    (broker.cpu_seconds() - before) / started.elapsed().as_secs_f64()
 }
 
 /// Fault 1b: a slow Kafka (every response 400 ms late, with transient Produce errors to

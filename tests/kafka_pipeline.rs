@@ -727,42 +727,21 @@ topic = "{p}-all"
 // ---------------------------------------------------------------------------------------
 // 5. PUBACK waits for Kafka.
 
-/// CPU time of process `pid` so far (all its threads), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after the command name (which may hold spaces): utime is the 14th field.
-    let after_name = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
 /// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so that a failing test does
 /// not leave its Kafka stopped.
 struct Stopped(u32);
 
 impl Stopped {
     fn stop(pid: u32) -> Stopped {
-        signal(pid, "STOP");
+        common::signal(pid, "STOP");
         Stopped(pid)
     }
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        signal(self.0, "CONT");
+        common::signal(self.0, "CONT");
     }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Publishers on both shards each send a burst of QoS 1 PUBLISHes every `gap` for `period`
@@ -782,7 +761,7 @@ fn broker_cpus_while_publishing(
     period: Duration,
     gap: Duration,
 ) -> f64 {
-    let cpu_before = cpu_seconds(broker.pid());
+    let cpu_before = broker.cpu_seconds();
     let started = Instant::now();
     while started.elapsed() < period {
         for (publisher, count) in publishers.iter_mut().zip(counts.iter_mut()) {
@@ -798,7 +777,7 @@ fn broker_cpus_while_publishing(
             publisher.idle(each);
         }
     }
-    (cpu_seconds(broker.pid()) - cpu_before) / started.elapsed().as_secs_f64()
+    (broker.cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64()
 }
 
 /// A Kafka that stops answering while connected (SIGSTOP: a hung broker, or a network stall

@@ -781,11 +781,15 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
                         .spool_stats
                         .replayed
                         .set(shard.spool_stats.replayed.get() + count);
-                    shard
-                        .bridge
-                        .borrow_mut()
-                        .feed_spooled(read.records, Instant::now());
-                    shard.bridge_activity.notify();
+                    let timer_wanted = {
+                        let mut bridge = shard.bridge.borrow_mut();
+                        bridge.feed_spooled(read.records, Instant::now());
+                        bridge.take_timer_wanted()
+                    };
+                    if timer_wanted {
+                        // A replayed batch found its ring full: the linger loop retries it.
+                        shard.bridge_activity.notify();
+                    }
                 }
                 Err(error) => {
                     error!(

@@ -285,13 +285,35 @@ impl Broker {
 
     /// `kill -NAME PID` (`"HUP"`, say): a signal that leaves the broker running.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} {}", self.pid());
+        signal(self.pid(), name);
     }
+
+    /// The broker's CPU time so far, all its threads, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+}
+
+/// `kill -NAME PID`; fails the test if kill does.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // After the command name (which may hold spaces), utime and stime are fields 12 and 13.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat has (comm)") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the system.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Waits up to 10 s for `port` to accept. A broker that never does is killed before the
