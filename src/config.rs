@@ -521,8 +521,8 @@ pub enum AckMode {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table")]
 pub struct BatchingConfig {
-    /// Records per batch. 512 spreads the cost of a ring slot and a producer wake-up over
-    /// many records.
+    /// Records per batch. 512 spreads the cost of a hand-off to librdkafka and of a Produce
+    /// request over many records.
     pub max_messages: usize,
     /// Bytes of topics, keys, payloads and headers per batch. 1 MiB bounds the memory one
     /// batch pins and is near Kafka's default `message.max.bytes` (1,048,588), the largest
@@ -531,13 +531,15 @@ pub struct BatchingConfig {
     /// Longest time a batch waits for more records, at most 1 s. Each (shard, cluster) waits
     /// as long as gathering 16 records takes at its current rate, between 1 ms (or this, if
     /// lower) and this: 5 ms at device rates, where it shares the fixed costs of a batch
-    /// (wake-ups of the shard, the producer thread and librdkafka, a Produce request) among
+    /// (wake-ups of the shard and of librdkafka's broker thread, a Produce request) among
     /// several records and halves the broker CPU per PUBLISH; about 1 ms under load or with
     /// pipelining publishers, whose throughput a long wait would cap.
     pub linger_us: u64,
-    /// Batches queued from one shard to one cluster's producer; a full ring holds the shard's
-    /// publishers back. 256 bounds what a shard queues at 256 × `max_messages` records
-    /// (131,072 by default) while Kafka is slow.
+    /// How many batches one shard's producer for a cluster may hold: librdkafka's queue
+    /// takes up to this × `max_messages` records (its `queue.buffering.max.messages`, unless
+    /// the cluster's `config` sets that). When it is full, records wait on the shard and the
+    /// shard's publishers are held back. 256 bounds what a shard queues at 131,072 records
+    /// by default while Kafka is slow.
     pub ring_capacity_batches: usize,
 }
 
@@ -638,8 +640,8 @@ pub struct BrokerArgs {
     /// rates); TOML batching.linger_us. [default: 5000]
     #[arg(long = "batch-linger-us", value_name = "US")]
     pub batch_linger_us: Option<u64>,
-    /// Batches queued per shard and cluster; TOML batching.ring_capacity_batches.
-    /// [default: 256]
+    /// Batches librdkafka may hold per shard and cluster (N × max_messages records); TOML
+    /// batching.ring_capacity_batches. [default: 256]
     #[arg(long = "ring-capacity-batches", value_name = "N")]
     pub ring_capacity_batches: Option<usize>,
     /// Directory of the durable spool; TOML spool.data_dir. [default: ferrymq-data]

@@ -2,7 +2,8 @@
 //!
 //! `mapping.rs` and `template.rs` compile the `[[kafka.mapping]]` sections; `shard_bridge.rs`
 //! is a shard's side (batches per cluster, pending acknowledgements); `producer.rs` is the
-//! producer thread of each (shard, cluster), fed by a bounded lock-free ring.
+//! librdkafka producer of each (shard, cluster), which the shard feeds and whose delivery
+//! reports it serves.
 
 pub mod health;
 pub mod mapping;

@@ -1,20 +1,33 @@
-//! One Kafka producer per (shard, cluster), on a thread of its own: it drains the shard's
-//! ring of batches into librdkafka and sends delivery reports back through another ring.
-//! The thread is started from the unpinned main thread, so librdkafka's own threads do not
-//! land on a shard's core.
+//! One librdkafka producer per (shard, cluster), driven from the shard itself.
+//!
+//! The shard hands each lingered batch to librdkafka (`rd_kafka_producev`, which never
+//! blocks: it appends to a partition queue and may wake the broker thread), and serves the
+//! delivery reports on its own thread when librdkafka signals that its report queue is no
+//! longer empty. Earlier a producer thread drained a ring of batches into librdkafka and
+//! rdkafka's polling thread carried reports back: two more threads woken per batch. On the
+//! project's 2-core VM every wake-up of a thread costs tens of microseconds of scheduling,
+//! and at device rates (a few records per batch) those hops were most of what a Kafka
+//! mapping cost per PUBLISH (see BENCHMARKS.md, "Broker CPU per PUBLISH at device rates").
+//!
+//! librdkafka's threads are started by whichever thread creates the producer and inherit its
+//! CPU affinity: producers are created on the unpinned main thread, or, when one is replaced
+//! after a fatal error, on a short-lived thread given the process's original CPU set, so
+//! they never land pinned on a shard's core.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle, Thread};
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
+use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam::queue::ArrayQueue;
+use crossbeam::queue::SegQueue;
+use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::runtime::CrossThreadWake;
@@ -56,67 +69,34 @@ pub struct Report {
     pub result: Result<(), RDKafkaErrorCode>,
 }
 
-/// What a shard and its producer thread for one cluster share: two bounded lock-free rings
-/// and a few gauges.
-pub struct Lane {
-    /// Batches from the shard to the producer thread.
-    pub batches: ArrayQueue<Batch>,
-    /// Delivery reports from librdkafka's callback back to the shard.
-    pub reports: ArrayQueue<Report>,
-    /// Records in `batches` now (gauge).
-    pub records_in_ring: AtomicUsize,
-    /// Messages in librdkafka's queue, as of the producer thread's last look (gauge).
-    pub records_in_librdkafka: AtomicI64,
-    /// Set while the producer thread sleeps waiting for batches.
-    pub sender_sleeping: AtomicBool,
-    pub stop: AtomicBool,
+/// What happened to a record handed to [`KafkaProducer::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// librdkafka has it; its report comes later.
+    Queued,
+    /// librdkafka holds as many records as it may (`queue.buffering.max.messages` or
+    /// `.max.kbytes`): keep the record and try again when reports have made room.
+    QueueFull,
+    /// Refused at once (too large, bad topic name...): its failure report is queued.
+    Refused,
 }
 
-impl Lane {
-    pub fn new(ring_capacity_batches: usize, reports_capacity: usize) -> Lane {
-        Lane {
-            batches: ArrayQueue::new(ring_capacity_batches),
-            reports: ArrayQueue::new(reports_capacity),
-            records_in_ring: AtomicUsize::new(0),
-            records_in_librdkafka: AtomicI64::new(0),
-            sender_sleeping: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        }
-    }
+/// What the shard and whoever else serves a lane's producers share: the reports, and the
+/// wake-up of the shard's report loop.
+struct LaneShared {
+    /// Unbounded as a queue, bounded by what librdkafka may hold: every report is of a
+    /// record librdkafka accepted, and the shard drains them after each poll.
+    reports: SegQueue<Report>,
+    wake: CrossThreadWake,
 }
 
-/// The producer thread of a lane, as the shard sees it.
-pub struct ProducerHandle {
-    pub lane: Arc<Lane>,
-    pub thread: Thread,
-    pub join: Option<JoinHandle<()>>,
+thread_local! {
+    /// Set while the shard itself polls: its reports need no wake-up, it drains them next.
+    static SERVING_ON_SHARD: Cell<bool> = const { Cell::new(false) };
 }
-
-impl ProducerHandle {
-    /// Called by the shard after it pushed a batch.
-    pub fn notify(&self) {
-        // SeqCst here and where the producer thread sets the flag: with Release/Acquire
-        // the flag's store may pass the thread's emptiness check (store-load reordering),
-        // both sides miss each other, and the batch waits out IDLE_PARK_MS.
-        if self.lane.sender_sleeping.load(Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-    }
-}
-
-/// How long the producer thread sleeps when its ring is empty, at most; a push wakes it.
-const IDLE_PARK_MS: u64 = 100;
-/// How long to wait for librdkafka's queue to make room before trying again.
-const QUEUE_FULL_POLL_MS: u64 = 10;
-/// How long a stopping producer may take to deliver what it holds.
-const STOP_FLUSH_SECS: u64 = 5;
-/// Pause before trying again when re-creating a producer after a fatal error failed.
-const RECREATE_PAUSE_MS: u64 = 1000;
 
 struct DeliveryContext {
-    lane: Arc<Lane>,
-    /// Shared by the producers a lane has over time (see [`spawn_producer`]).
-    wake: Arc<CrossThreadWake>,
+    shared: Arc<LaneShared>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -135,15 +115,15 @@ impl ProducerContext for DeliveryContext {
             Ok(_) => Ok(()),
             Err((error, _)) => Err(error_code(error)),
         };
-        push_report(
-            &self.lane,
-            &self.wake,
-            Report {
-                ticket,
-                mapping,
-                result,
-            },
-        );
+        self.shared.reports.push(Report {
+            ticket,
+            mapping,
+            result,
+        });
+        // A replaced producer is drained on a thread of its own: wake the shard for it.
+        if !SERVING_ON_SHARD.with(Cell::get) {
+            self.shared.wake.wake();
+        }
     }
 }
 
@@ -151,19 +131,13 @@ fn error_code(error: &KafkaError) -> RDKafkaErrorCode {
     error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)
 }
 
-/// Reports are never dropped: if the shard is behind, wait for it to make room.
-fn push_report(lane: &Lane, wake: &CrossThreadWake, mut report: Report) {
-    loop {
-        match lane.reports.push(report) {
-            Ok(()) => break,
-            Err(back) => {
-                report = back;
-                wake.wake();
-                thread::yield_now();
-            }
-        }
-    }
-    wake.wake();
+/// Called by librdkafka's threads when the report queue of a producer goes from empty to
+/// non-empty. It may call no librdkafka function; it only wakes the shard.
+unsafe extern "C" fn reports_ready(_rk: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the `LaneShared` of the producer's own context, which lives as
+    // long as the producer (see `KafkaProducer::create`).
+    let shared = unsafe { &*(opaque as *const LaneShared) };
+    shared.wake.wake();
 }
 
 /// The librdkafka configuration of a cluster: our defaults, then the user's properties.
@@ -173,8 +147,8 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
         .set("bootstrap.servers", bootstrap)
         // Records of one client and mapping reach their partition in publish order, once.
         .set("enable.idempotence", "true")
-        // Kafka away: records wait in librdkafka (bounded by its queue, then by our ring)
-        // instead of failing after the default five minutes.
+        // Kafka away: records wait in librdkafka (bounded by its queue, then held on the
+        // shard) instead of failing after the default five minutes.
         .set("message.timeout.ms", "0")
         // We batch per shard already; a short linger keeps PUBACK latency low.
         .set("linger.ms", "1");
@@ -184,151 +158,201 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
     config
 }
 
-/// Starts the producer thread of one (shard, cluster). Fails if librdkafka refuses the
-/// configuration, with its message.
-///
-/// A fatal error (the idempotent producer lost track of its sequence, say) makes a
-/// librdkafka producer unusable for good: every later record would fail. The thread then
-/// lets the old producer report what it held (failures, so the devices publish again) and
-/// goes on with a new one.
-pub fn spawn_producer(
-    name: String,
+/// The CPUs the process may use, as found before any shard pinned itself: producers made
+/// later get them, so that librdkafka's threads are not pinned to a shard's core.
+static PROCESS_CPUS: OnceLock<libc::cpu_set_t> = OnceLock::new();
+
+fn remember_process_cpus() {
+    PROCESS_CPUS.get_or_init(|| {
+        // SAFETY: a zeroed cpu_set_t is valid, and sched_getaffinity fills at most its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        set
+    });
+}
+
+/// The producer of one (shard, cluster), served by the shard.
+pub struct KafkaProducer {
+    producer: BaseProducer<DeliveryContext>,
+    /// librdkafka's report queue of `producer`, to know when it is drained.
+    reports_queue: *mut rdsys::rd_kafka_queue_t,
+    shared: Arc<LaneShared>,
     config: ClientConfig,
-    lane: Arc<Lane>,
-    wake: CrossThreadWake,
-) -> Result<ProducerHandle, String> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let thread_lane = lane.clone();
-    let join = thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let wake = Arc::new(wake);
-            let mut ready = Some(ready_tx);
-            loop {
-                let context = DeliveryContext {
-                    lane: thread_lane.clone(),
-                    wake: wake.clone(),
-                };
-                let producer: ThreadedProducer<DeliveryContext> =
-                    match config.create_with_context(context) {
-                        Ok(producer) => producer,
-                        Err(error) => match ready.take() {
-                            Some(ready) => {
-                                let _ = ready.send(Err(error.to_string()));
-                                return;
-                            }
-                            None if thread_lane.stop.load(Ordering::Acquire) => return,
-                            None => {
-                                thread::sleep(Duration::from_millis(RECREATE_PAUSE_MS));
-                                continue;
-                            }
-                        },
-                    };
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                }
-                if !run_sender(&producer, &thread_lane) {
-                    return;
-                }
-                // Fatal: deliver the reports of what is in flight; dropping the producer
-                // fails the rest, each with a report.
-                let _ = producer.flush(Duration::from_secs(STOP_FLUSH_SECS));
-            }
+    name: String,
+}
+
+// SAFETY: `reports_queue` is a reference-counted librdkafka handle, usable from any thread;
+// the producer moves once, from the thread that made it to its shard.
+unsafe impl Send for KafkaProducer {}
+
+/// How long a stopping or replaced producer may take to deliver what it holds.
+const STOP_FLUSH: Duration = Duration::from_secs(5);
+/// Report events served in one go before the shard lets its other tasks run.
+const EVENTS_PER_SERVE: usize = 256;
+
+impl KafkaProducer {
+    /// Makes the producer of one (shard, cluster), on the calling (unpinned) thread. Fails
+    /// if librdkafka refuses the configuration, with its message.
+    pub fn create(
+        name: String,
+        config: ClientConfig,
+        wake: CrossThreadWake,
+    ) -> Result<KafkaProducer, String> {
+        remember_process_cpus();
+        let shared = Arc::new(LaneShared {
+            reports: SegQueue::new(),
+            wake,
+        });
+        Self::with_shared(name, config, shared)
+    }
+
+    fn with_shared(
+        name: String,
+        config: ClientConfig,
+        shared: Arc<LaneShared>,
+    ) -> Result<KafkaProducer, String> {
+        let context = DeliveryContext {
+            shared: shared.clone(),
+        };
+        let producer: BaseProducer<DeliveryContext> = config
+            .create_with_context(context)
+            .map_err(|e| e.to_string())?;
+        // SAFETY: a valid client; the handle is destroyed in `Drop`. The callback's opaque
+        // is the context's `LaneShared`, which the client keeps alive as long as it can
+        // call the callback.
+        let reports_queue = unsafe {
+            let queue = rdsys::rd_kafka_queue_get_main(producer.client().native_ptr());
+            let opaque = Arc::as_ptr(&producer.context().shared) as *mut c_void;
+            rdsys::rd_kafka_queue_cb_event_enable(queue, Some(reports_ready), opaque);
+            queue
+        };
+        // The callback fires only when the queue turns non-empty: an event queued before it
+        // was set (an error about unreachable brokers, made at once) would leave the queue
+        // non-empty and every later report unannounced. Serve once to start from empty.
+        shared.wake.wake();
+        Ok(KafkaProducer {
+            producer,
+            reports_queue,
+            shared,
+            config,
+            name,
         })
-        .map_err(|e| e.to_string())?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(ProducerHandle {
-            thread: join.thread().clone(),
-            lane,
-            join: Some(join),
-        }),
-        Ok(Err(message)) => Err(message),
-        Err(_) => Err("producer thread ended before creating its producer".into()),
     }
-}
 
-/// Feeds `producer` until the lane stops (false) or the producer has a fatal error (true).
-fn run_sender(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane) -> bool {
-    loop {
-        while let Some(batch) = lane.batches.pop() {
-            lane.records_in_ring
-                .fetch_sub(batch.len(), Ordering::Relaxed);
-            for record in batch {
-                send(producer, lane, record);
+    /// Hands one record to librdkafka. Never blocks.
+    pub fn send(&self, record: &Record) -> Sent {
+        let mut base =
+            BaseRecord::with_opaque_to(&record.topic, opaque(record.ticket, record.mapping))
+                .payload(record.payload.as_ref());
+        if !record.key.is_empty() {
+            base = base.key(&record.key[..]);
+        }
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_ref()),
+                });
             }
-            lane.records_in_librdkafka
-                .store(i64::from(producer.in_flight_count()), Ordering::Relaxed);
-            if producer.client().fatal_error().is_some() {
-                return true;
-            }
+            base = base.headers(headers);
         }
-        if lane.stop.load(Ordering::Acquire) {
-            let _ = producer.flush(Duration::from_secs(STOP_FLUSH_SECS));
-            return false;
-        }
-        if producer.client().fatal_error().is_some() {
-            return true;
-        }
-        lane.sender_sleeping.store(true, Ordering::SeqCst);
-        if lane.batches.is_empty() && !lane.stop.load(Ordering::Acquire) {
-            thread::park_timeout(Duration::from_millis(IDLE_PARK_MS));
-        }
-        lane.sender_sleeping.store(false, Ordering::Release);
-        lane.records_in_librdkafka
-            .store(i64::from(producer.in_flight_count()), Ordering::Relaxed);
-    }
-}
-
-fn send(producer: &ThreadedProducer<DeliveryContext>, lane: &Lane, record: Record) {
-    let Record {
-        topic,
-        key,
-        payload,
-        headers,
-        ticket,
-        mapping,
-    } = record;
-    let mut owned_headers = None;
-    if !headers.is_empty() {
-        let mut built = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in &headers {
-            built = built.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
-            });
-        }
-        owned_headers = Some(built);
-    }
-    let mut base =
-        BaseRecord::with_opaque_to(&topic, opaque(ticket, mapping)).payload(payload.as_ref());
-    if !key.is_empty() {
-        base = base.key(&key[..]);
-    }
-    if let Some(headers) = owned_headers {
-        base = base.headers(headers);
-    }
-    loop {
-        match producer.send(base) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                // librdkafka holds as much as it may: wait for deliveries, keep the order.
-                base = back;
-                producer.poll(Duration::from_millis(QUEUE_FULL_POLL_MS));
-                if lane.stop.load(Ordering::Acquire) {
-                    return;
-                }
-            }
+        match self.producer.send(base) {
+            Ok(()) => Sent::Queued,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Sent::QueueFull,
             Err((error, _)) => {
-                // Refused at once (message too large, bad topic name...): a permanent failure.
-                let code = error_code(&error);
-                let report = Report {
-                    ticket,
-                    mapping,
-                    result: Err(code),
-                };
-                push_report(lane, &producer.context().wake, report);
-                return;
+                self.shared.reports.push(Report {
+                    ticket: record.ticket,
+                    mapping: record.mapping,
+                    result: Err(error_code(&error)),
+                });
+                self.shared.wake.wake();
+                Sent::Refused
             }
+        }
+    }
+
+    /// Serves librdkafka's delivery reports into [`KafkaProducer::pop_report`]. Returns
+    /// `false` if events are left (more than [`EVENTS_PER_SERVE`]); the shard has then been
+    /// woken again, to come back after its other tasks.
+    pub fn serve_reports(&self) -> bool {
+        SERVING_ON_SHARD.with(|s| s.set(true));
+        let mut served = 0;
+        // SAFETY: the queue handle lives as long as `self`.
+        while unsafe { rdsys::rd_kafka_queue_length(self.reports_queue) } > 0 {
+            if served == EVENTS_PER_SERVE {
+                SERVING_ON_SHARD.with(|s| s.set(false));
+                // librdkafka wakes only when its queue turns non-empty: wake ourselves.
+                self.shared.wake.wake();
+                return false;
+            }
+            self.producer.poll(Duration::ZERO);
+            served += 1;
+        }
+        SERVING_ON_SHARD.with(|s| s.set(false));
+        true
+    }
+
+    pub fn pop_report(&self) -> Option<Report> {
+        self.shared.reports.pop()
+    }
+
+    /// Records librdkafka holds (queued or in flight).
+    pub fn in_flight(&self) -> i64 {
+        i64::from(self.producer.in_flight_count())
+    }
+
+    /// A fatal error (the idempotent producer lost track of its sequence, say) makes a
+    /// librdkafka producer unusable for good: every later record fails.
+    pub fn has_fatal_error(&self) -> bool {
+        self.producer.client().fatal_error().is_some()
+    }
+
+    /// Replaces a producer that had a fatal error. The old one is drained on a thread of
+    /// its own: what it held is reported (failures, so the devices publish again) into the
+    /// same reports, waking the shard. The new one is made on a thread with the process's
+    /// CPUs (see the module's note). Blocks the shard for the making of a producer (about
+    /// a millisecond), which happens only after a fatal error.
+    pub fn replace(&mut self) -> Result<(), String> {
+        let name = self.name.clone();
+        let config = self.config.clone();
+        let shared = self.shared.clone();
+        let made = thread::Builder::new()
+            .name(format!("{name}-new"))
+            .spawn(move || {
+                if let Some(cpus) = PROCESS_CPUS.get() {
+                    // SAFETY: a valid set, for this thread only.
+                    unsafe {
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), cpus)
+                    };
+                }
+                KafkaProducer::with_shared(name, config, shared)
+            })
+            .map_err(|e| e.to_string())?
+            .join()
+            .map_err(|_| "making a new producer panicked".to_string())??;
+        let old = std::mem::replace(self, made);
+        let _ = thread::Builder::new()
+            .name(format!("{}-old", self.name))
+            .spawn(move || old.close(STOP_FLUSH))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Delivers what the producer holds, for at most `timeout`, then drops it (what is
+    /// still held then is reported failed).
+    pub fn close(self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+impl Drop for KafkaProducer {
+    fn drop(&mut self) {
+        // SAFETY: our handle, destroyed once; the callback is removed first so that nothing
+        // calls it once the shard stops listening.
+        unsafe {
+            rdsys::rd_kafka_queue_cb_event_enable(self.reports_queue, None, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(self.reports_queue);
         }
     }
 }

@@ -1,16 +1,15 @@
 //! A shard's side of the Kafka pipeline: match mappings, append records to the per-cluster
-//! batch, hand full (or lingered) batches to the cluster's ring, and turn delivery reports
-//! into PUBACK/PUBREC once every record of a message is safe.
+//! batch, hand full (or lingered) batches to the cluster's producer, and turn delivery
+//! reports into PUBACK/PUBREC once every record of a message is safe.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::error::RDKafkaErrorCode;
+use tracing::warn;
 
 use crate::broker::connection::Connection;
 use crate::broker::message::Message;
@@ -21,7 +20,7 @@ use crate::protocol::{MqttStr, QoS, ReasonCode};
 use bytes::Bytes;
 
 use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings};
-use super::producer::{Batch, Lane, ProducerHandle, Record};
+use super::producer::{Batch, KafkaProducer, Record, Sent};
 use super::template::{sanitize_kafka_topic, RenderContext};
 use crate::spool::log::{Segment, SpoolLog};
 use crate::spool::record::SpoolRecord;
@@ -65,10 +64,11 @@ pub struct MappingCounters {
 }
 
 struct ClusterLane {
-    producer: ProducerHandle,
+    producer: KafkaProducer,
     batch: Batch,
     batch_bytes: usize,
-    /// A batch the ring had no room for; publishers of QoS 1/2 wait while it is here.
+    /// Records librdkafka had no room for (its queue holds `queue.buffering.max.messages`),
+    /// in order; publishers of QoS 1/2 wait while they are here.
     held: Option<Batch>,
     /// When the current batch got its first record.
     batch_started: Option<Instant>,
@@ -78,7 +78,7 @@ struct ClusterLane {
 }
 
 /// Records per batch the adaptive linger aims at: enough that the per-batch costs (a shard
-/// timer, a producer-thread wake-up, a Produce request, a delivery-report wake-up) are
+/// timer, a Produce request, a delivery-report wake-up) are
 /// shared, few enough that a batch leaves within about a millisecond under load.
 const LINGER_TARGET_RECORDS: f64 = 16.0;
 /// The shortest adaptive linger: what a lane gets under load.
@@ -127,16 +127,26 @@ impl LingerGauge {
 }
 
 impl ClusterLane {
-    /// Puts `batch` on the ring, or holds it when the ring is full.
-    fn push(&mut self, batch: Batch) {
-        let len = batch.len();
-        let shared = &self.producer.lane;
-        shared.records_in_ring.fetch_add(len, Ordering::Relaxed);
-        if let Err(batch) = shared.batches.push(batch) {
-            shared.records_in_ring.fetch_sub(len, Ordering::Relaxed);
+    /// Hands `batch` to librdkafka in order; holds what its full queue did not take.
+    fn push(&mut self, mut batch: Batch) {
+        let taken = batch
+            .iter()
+            .position(|record| self.producer.send(record) == Sent::QueueFull)
+            .unwrap_or(batch.len());
+        if taken < batch.len() {
+            batch.drain(..taken);
             self.held = Some(batch);
         }
-        self.producer.notify();
+        if self.producer.has_fatal_error() {
+            self.replace_producer();
+        }
+    }
+
+    fn replace_producer(&mut self) {
+        warn!("kafka producer had a fatal error: replacing it; what it held is reported failed");
+        if let Err(error) = self.producer.replace() {
+            warn!(%error, "kafka producer: replacing it failed; trying again with the next batch");
+        }
     }
 }
 
@@ -147,7 +157,7 @@ pub struct ShardBridge {
     pending: HashMap<u64, PendingAck>,
     next_ticket: u64,
     pub counters: Vec<MappingCounters>,
-    /// QoS 0 records dropped because the ring was full.
+    /// QoS 0 records dropped because their producer was full (records held).
     pub dropped_qos0_ring_full: u64,
     render: Vec<u8>,
     /// The durable log of this shard, when a mapping has `ack = "durable"`.
@@ -157,14 +167,15 @@ pub struct ShardBridge {
     /// Spooled records not yet flushed: sequence number, the ticket each counts towards
     /// (0: none), and when it was appended (for the append latency).
     spool_waiting: VecDeque<(u64, u64, Instant)>,
-    /// Records read back from the spool that found their ring full; sent first next time.
+    /// Records read back from the spool that found their producer full; sent first next
+    /// time.
     spool_backlog: VecDeque<(usize, Record)>,
     /// Spooled records whose cluster no longer exists in the configuration.
     pub spool_dropped_unknown_cluster: u64,
     /// Segment files Kafka has every record of, for the spool task to delete.
     pub spool_done_segments: Vec<Segment>,
     /// Since the last [`ShardBridge::take_timer_wanted`], a batch opened and waits, or one
-    /// found its ring full and is held: either needs the linger timer.
+    /// found its producer full and is held: either needs the linger timer.
     timer_wanted: bool,
 }
 
@@ -174,7 +185,7 @@ const SPOOL_TICKET: u64 = 1 << 47;
 impl ShardBridge {
     pub fn new(
         mappings: Mappings,
-        producers: Vec<ProducerHandle>,
+        producers: Vec<KafkaProducer>,
         batching: BatchingConfig,
     ) -> ShardBridge {
         let counters = vec![MappingCounters::default(); mappings.len()];
@@ -228,16 +239,17 @@ impl ShardBridge {
         (forward, any)
     }
 
-    /// Some cluster's ring is full: QoS 1/2 publishers wait before submitting more.
+    /// Some cluster's producer is full (records are held): QoS 1/2 publishers wait before
+    /// submitting more.
     pub fn is_backlogged(&self) -> bool {
         self.lanes.iter().any(|lane| lane.held.is_some()) || self.spool_is_full()
     }
 
     /// Whether a QoS 1/2 PUBLISH on `topic` must wait before it is submitted: a mapping it
-    /// matches writes to a cluster whose ring is full, or is `durable` while the spool is
-    /// full. A `durable` record goes to the spool, not the ring: a ring filled by the
-    /// spool's own replay (Kafka away) must not hold durable publishers back while the
-    /// spool has room.
+    /// matches writes to a cluster whose producer is full, or is `durable` while the spool
+    /// is full. A `durable` record goes to the spool, not the producer: a producer filled
+    /// by the spool's own replay (Kafka away) must not hold durable publishers back while
+    /// the spool has room.
     pub fn is_backlogged_for(&mut self, topic: &str) -> bool {
         let spool_full = self.spool_is_full();
         let lanes = &self.lanes;
@@ -338,8 +350,8 @@ impl ShardBridge {
         completed
     }
 
-    /// Hands records read back from the spool to their rings; keeps what does not fit.
-    /// Returns `false` when a ring is full (stop reading).
+    /// Hands records read back from the spool to their producers; keeps what does not fit.
+    /// Returns `false` when a producer is full (stop reading).
     pub fn feed_spooled(&mut self, records: Vec<(u64, SpoolRecord)>, now: Instant) -> bool {
         for (seq, spooled) in records {
             let Some(cluster) = self
@@ -375,9 +387,9 @@ impl ShardBridge {
         self.drain_spool_backlog(now)
     }
 
-    /// Sends backlogged spool records while their rings take them. Returns `false` while
-    /// a ring is full and holds a batch (the caller wakes the linger loop, which retries
-    /// it, and reads no more): the last batch of a replay can be the one held.
+    /// Sends backlogged spool records while their producers take them. Returns `false`
+    /// while a producer is full and records are held (the caller wakes the linger loop,
+    /// which retries them, and reads no more): the last batch of a replay can be held.
     pub fn drain_spool_backlog(&mut self, now: Instant) -> bool {
         while let Some((cluster, _)) = self.spool_backlog.front() {
             let cluster = *cluster;
@@ -461,7 +473,7 @@ impl ShardBridge {
                 continue;
             }
             if qos == QoS::AtMostOnce && self.lanes[cluster].held.is_some() {
-                // Best effort: a full ring drops QoS 0, counted.
+                // Best effort: a full producer drops QoS 0, counted.
                 self.dropped_qos0_ring_full += 1;
                 self.counters[index].dropped_ring_full += 1;
                 continue;
@@ -514,8 +526,9 @@ impl ShardBridge {
         std::mem::take(&mut self.timer_wanted)
     }
 
-    /// Hands the cluster's batch to its ring. If the ring is full the batch is held (only
-    /// one: publishers wait meanwhile) and retried by [`ShardBridge::retry_held`].
+    /// Hands the cluster's batch to its producer. What a full producer does not take is
+    /// held (one batch at most: publishers wait meanwhile) and retried by
+    /// [`ShardBridge::retry_held`].
     fn flush(&mut self, cluster: usize) {
         let lane = &mut self.lanes[cluster];
         if lane.held.is_some() || lane.batch.is_empty() {
@@ -558,6 +571,16 @@ impl ShardBridge {
         next
     }
 
+    /// Hands every open and held batch to its producer and gives the producers up, for a
+    /// stopping shard to flush.
+    pub fn take_producers(&mut self) -> Vec<KafkaProducer> {
+        for cluster in 0..self.lanes.len() {
+            self.retry_held(cluster);
+            self.flush(cluster);
+        }
+        self.lanes.drain(..).map(|lane| lane.producer).collect()
+    }
+
     fn retry_held(&mut self, cluster: usize) {
         let lane = &mut self.lanes[cluster];
         if let Some(batch) = lane.held.take() {
@@ -565,12 +588,16 @@ impl ShardBridge {
         }
     }
 
-    /// Applies the delivery reports that came back; returns the acknowledgements now due.
+    /// Serves the producers' delivery reports; returns the acknowledgements now due.
     pub fn drain_reports(&mut self, now: Instant) -> Vec<Completed> {
         let mut completed = Vec::new();
         let mut spool_acks = Vec::new();
         for lane in &mut self.lanes {
-            while let Some(report) = lane.producer.lane.reports.pop() {
+            lane.producer.serve_reports();
+            if lane.producer.has_fatal_error() {
+                lane.replace_producer();
+            }
+            while let Some(report) = lane.producer.pop_report() {
                 let counters = self.counters.get_mut(report.mapping as usize);
                 match (report.result, counters) {
                     (Ok(()), Some(c)) => c.acknowledged += 1,
@@ -633,14 +660,9 @@ impl ShardBridge {
             .lanes
             .iter()
             .map(|lane| ClusterSnapshot {
-                records_in_ring: lane.producer.lane.records_in_ring.load(Ordering::Relaxed) as u64
-                    + lane.batch.len() as u64
+                records_in_ring: lane.batch.len() as u64
                     + lane.held.as_ref().map_or(0, |b| b.len() as u64),
-                records_in_librdkafka: lane
-                    .producer
-                    .lane
-                    .records_in_librdkafka
-                    .load(Ordering::Relaxed),
+                records_in_librdkafka: lane.producer.in_flight(),
                 latency_us: lane.latency_us.clone(),
             })
             .collect();
@@ -784,15 +806,6 @@ pub fn failure_reason(code: RDKafkaErrorCode) -> ReasonCode {
         RDKafkaErrorCode::QueueFull => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
     }
-}
-
-/// Starts the producers of every cluster for one shard; `Arc<Lane>`s are shared with
-/// their threads.
-pub fn lane(ring_capacity_batches: usize, batch_max_messages: usize) -> Arc<Lane> {
-    // Reports: room for every record the ring and a full librdkafka queue can hold is not
-    // needed; the shard drains continuously. One report per record of two full rings.
-    let reports_capacity = (ring_capacity_batches * batch_max_messages * 2).max(1024);
-    Arc::new(Lane::new(ring_capacity_batches, reports_capacity))
 }
 
 #[cfg(test)]

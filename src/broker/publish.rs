@@ -133,7 +133,7 @@ impl Link {
         let mut deferred = false;
         if to_kafka {
             if qos != QoS::AtMostOnce {
-                // A full ring to Kafka (or a full spool, for `durable`): stop reading this
+                // A full Kafka producer (or a full spool, for `durable`): stop reading this
                 // publisher until it drains (backpressure, never a dropped QoS 1/2 message).
                 while self
                     .shard
@@ -152,7 +152,8 @@ impl Link {
                 (submitted, bridge.take_timer_wanted())
             };
             if timer_wanted {
-                // Only a batch left waiting, or held by a full ring, needs the linger timer.
+                // Only a batch left waiting, or held by a full producer, needs the linger
+                // timer.
                 self.shard.bridge_activity.notify();
             }
             self.shard.spool_activity.notify();
@@ -199,8 +200,8 @@ impl Link {
     }
 }
 
-/// The longest a publisher held back by a full Kafka ring or spool waits before it looks
-/// again without being woken (the bridge wakes held publishers when it has room; this
-/// covers a ring that drains while another cluster's stays full). Polling every 200 µs
+/// The longest a publisher held back by a full Kafka producer or spool waits before it
+/// looks again without being woken (the bridge wakes held publishers when it has room; this
+/// covers a producer that drains while another cluster's stays full). Polling every 200 µs
 /// instead cost thousands of held publishers a wake-up each, 5,000 times a second.
 const BACKLOG_RECHECK: Duration = Duration::from_millis(100);

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::auth::AuthStore;
 use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
-use crate::bridge::producer::{client_config, spawn_producer, Lane, ProducerHandle};
+use crate::bridge::producer::{client_config, KafkaProducer};
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
@@ -82,9 +82,6 @@ pub fn run(config: Config) -> io::Result<()> {
     if let Some(addr) = metrics_addr {
         info!(addr = %addr, "metrics on http://{addr}/metrics");
     }
-    let stoppers: Vec<_> = kafka.iter().flat_map(|k| k.stoppers.clone()).collect();
-    let mut kafka = kafka;
-    let joins: Vec<_> = kafka.iter_mut().flat_map(|k| k.joins.drain(..)).collect();
     let kafka = Arc::new(Mutex::new(kafka.into_iter().map(Some).collect::<Vec<_>>()));
     let shard_config = Arc::new(ShardConfig {
         broker: config.broker.clone(),
@@ -116,14 +113,6 @@ pub fn run(config: Config) -> io::Result<()> {
             )
         },
     );
-    // Deliver what the producers still hold, then let their threads end.
-    for (lane, thread) in &stoppers {
-        lane.stop.store(true, Ordering::Release);
-        thread.unpark();
-    }
-    for join in joins {
-        let _ = join.join();
-    }
     result?;
     info!("stopped");
     Ok(())
@@ -330,50 +319,38 @@ struct ShardConfig {
 
 /// The producers of one shard (one per cluster) and the wake-up their delivery reports use.
 struct ShardProducers {
-    producers: Vec<ProducerHandle>,
+    producers: Vec<KafkaProducer>,
     reports: runtime::WakeEnd,
-    stoppers: Vec<(Arc<Lane>, std::thread::Thread)>,
-    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Starts one producer thread per (shard, cluster), from this unpinned thread so that
-/// librdkafka's threads are not pinned to a shard's CPU.
+/// Makes one producer per (shard, cluster), on this unpinned thread so that librdkafka's
+/// threads are not pinned to a shard's CPU.
 fn start_kafka_producers(config: &Config, shard_count: usize) -> io::Result<Vec<ShardProducers>> {
-    let cluster_names: Vec<&String> = config.kafka.clusters.keys().collect();
     let mut sets = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
         let (wake, wake_end) = runtime::cross_thread_wake()?;
         let mut producers = Vec::new();
-        let mut stoppers = Vec::new();
-        let mut joins = Vec::new();
-        for name in &cluster_names {
-            let cluster = &config.kafka.clusters[*name];
-            let lane = shard_bridge::lane(
-                config.batching.ring_capacity_batches,
-                config.batching.max_messages,
-            );
-            let handle = spawn_producer(
-                format!("kafka-{name}-{shard}"),
-                client_config(&cluster.bootstrap, &cluster.config),
-                lane.clone(),
-                wake.try_clone()?,
-            )
-            .map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("kafka.clusters.{name}.config: {e}"),
-                )
-            })?;
-            stoppers.push((lane, handle.thread.clone()));
-            let mut handle = handle;
-            joins.extend(handle.join.take());
-            producers.push(handle);
+        for (name, cluster) in &config.kafka.clusters {
+            let mut client = client_config(&cluster.bootstrap, &cluster.config);
+            if !cluster.config.contains_key("queue.buffering.max.messages") {
+                // The bound on what one shard's producer holds for a cluster; beyond it
+                // records wait on the shard and QoS 1/2 publishers are held back.
+                let bound = config.batching.ring_capacity_batches * config.batching.max_messages;
+                client.set("queue.buffering.max.messages", bound.to_string());
+            }
+            let producer =
+                KafkaProducer::create(format!("kafka-{name}-{shard}"), client, wake.try_clone()?)
+                    .map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("kafka.clusters.{name}.config: {e}"),
+                    )
+                })?;
+            producers.push(producer);
         }
         sets.push(ShardProducers {
             producers,
             reports: wake_end,
-            stoppers,
-            joins,
         });
     }
     Ok(sets)
@@ -533,7 +510,16 @@ async fn shard_main(
         connection.close(Some(ReasonCode::ServerShuttingDown));
     }
     runtime::sleep(Duration::from_millis(SHUTDOWN_FLUSH_MS)).await;
+    // Deliver what the producers still hold (for at most a few seconds) before the process
+    // ends; this shard serves nothing else now.
+    let producers = shard.bridge.borrow_mut().take_producers();
+    for producer in producers {
+        producer.close(PRODUCER_STOP_FLUSH);
+    }
 }
+
+/// How long a stopping broker waits for Kafka to take what its producers hold.
+const PRODUCER_STOP_FLUSH: Duration = Duration::from_secs(5);
 
 fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
     let now = Instant::now();
@@ -746,11 +732,11 @@ const SPOOL_RETRY: Duration = Duration::from_millis(100);
 /// How often the feeder looks again when its rings were full.
 const SPOOL_FEED_POLL: Duration = Duration::from_millis(5);
 
-/// Reads durable records back from the spool, oldest first, into the Kafka rings; stops
-/// while a ring is full. Deletes segments Kafka has every record of.
+/// Reads durable records back from the spool, oldest first, into the Kafka producers;
+/// stops while one is full. Deletes segments Kafka has every record of.
 async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
     loop {
-        // Woken by flushes; polls while rings are full or segments wait for deletion.
+        // Woken by flushes; polls while producers are full or segments wait for deletion.
         let _ = runtime::timeout(SPOOL_FEED_POLL * 20, shard.spool_feed.wait()).await;
         loop {
             let done = std::mem::take(&mut shard.bridge.borrow_mut().spool_done_segments);
@@ -767,7 +753,7 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
                 .borrow_mut()
                 .drain_spool_backlog(Instant::now())
             {
-                // A ring is full and holds a batch: only the linger loop retries it, and
+                // A producer is full and records are held: only the linger loop retries, and
                 // with no publisher left to wake that loop nothing else would.
                 shard.bridge_activity.notify();
                 runtime::sleep(SPOOL_FEED_POLL).await;
@@ -787,7 +773,7 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
                         bridge.take_timer_wanted()
                     };
                     if timer_wanted {
-                        // A replayed batch found its ring full: the linger loop retries it.
+                        // A replayed batch found its producer full: the linger loop retries.
                         shard.bridge_activity.notify();
                     }
                 }
@@ -817,8 +803,8 @@ async fn kafka_reports_loop(shard: ShardRef, mut reports: runtime::WakeListener)
     }
 }
 
-/// Wakes the publishers held back by a full ring or spool once neither is full. (One
-/// whose topic's ring has room while another cluster's is still full finds out at its
+/// Wakes the publishers held back by a full producer or spool once neither is full. (One
+/// whose topic's producer has room while another cluster's is still full finds out at its
 /// next look, within `BACKLOG_RECHECK`.)
 fn wake_backlogged_publishers(shard: &ShardRef) {
     if shard.backlog_waiters.waiting() > 0 && !shard.bridge.borrow().is_backlogged() {
@@ -857,7 +843,7 @@ fn acknowledge_pending(shard: &ShardRef, ack: PendingAck) {
 }
 
 /// Sends each Kafka batch when its lane's linger has passed since its first record (at
-/// most `linger_us`), and retries batches that found their ring full. Sleeps while no
+/// most `linger_us`), and retries records that found their producer full. Sleeps while no
 /// batch is open or held: the bridge asks for it (`take_timer_wanted`) when one opens.
 async fn kafka_linger_loop(shard: ShardRef) {
     let tick_min = Duration::from_micros(LINGER_TICK_US_MIN);

@@ -90,7 +90,7 @@ pub struct ShardContext {
     pub spool_activity: Signal,
     /// Notified when a spool flush made records durable, to feed them to Kafka.
     pub spool_feed: Signal,
-    /// QoS 1/2 publishers held back by a full Kafka ring or spool; woken when the bridge
+    /// QoS 1/2 publishers held back by a full Kafka producer or spool; woken when the bridge
     /// has room again (`wake_backlogged_publishers`).
     pub backlog_waiters: crate::runtime::WaitList,
     pub spool_stats: crate::spool::SpoolStats,

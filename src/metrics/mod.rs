@@ -110,7 +110,7 @@ impl Board {
             .collect()
     }
 
-    /// Sums over shards: broker counters, per-mapping counters, and per cluster the ring and
+    /// Sums over shards: broker counters, per-mapping counters, and per cluster the shards and
     /// librdkafka gauges with the merged latency histogram.
     pub fn totals(&self) -> Totals {
         let shards = self.shards();
