@@ -436,6 +436,55 @@ pub struct MappingConfig {
     /// the messages go to Kafka only.
     #[serde(default = "mqtt_subscribers_default")]
     pub mqtt_subscribers: bool,
+    /// What becomes of a record Kafka refuses for good (too large for the topic, an invalid
+    /// topic, not authorized): see [`OnRefused`].
+    #[serde(default)]
+    pub on_refused: OnRefused,
+    /// The topic that takes refused records when `on_refused = "dead_letter"`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// The cluster of `dead_letter_topic`; the mapping's own cluster when left out.
+    #[serde(default)]
+    pub dead_letter_cluster: Option<String>,
+}
+
+/// What becomes of a record Kafka refuses for good. Transient errors (a broker down, a
+/// leader moving, a timeout) are never "for good": librdkafka retries them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRefused {
+    /// An MQTT 5 publisher gets a PUBACK/PUBREC with the matching reason code; an MQTT 3.1.1
+    /// one, which has no way to hear of a failure, gets its PUBACK and the record is counted
+    /// as dropped (disconnecting it would only make it publish the same message again).
+    #[default]
+    ReasonCode,
+    /// The record goes to `dead_letter_topic`, with headers saying where it was going and
+    /// why it was refused; the publisher gets its PUBACK once the dead-letter record is in
+    /// Kafka.
+    DeadLetter,
+    /// The record is dropped and counted; the publisher gets a successful PUBACK.
+    Drop,
+}
+
+impl OnRefused {
+    /// Every choice, in the order counters keep them.
+    pub const ALL: [OnRefused; 3] = [
+        OnRefused::ReasonCode,
+        OnRefused::DeadLetter,
+        OnRefused::Drop,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRefused::ReasonCode => "reason_code",
+            OnRefused::DeadLetter => "dead_letter",
+            OnRefused::Drop => "drop",
+        }
+    }
 }
 
 fn headers_default() -> Vec<HeaderField> {
@@ -1060,7 +1109,52 @@ impl KafkaConfig {
             }
         }
 
+        match (&mapping.dead_letter_topic, mapping.on_refused) {
+            (None, OnRefused::DeadLetter) => {
+                return Err(
+                    "dead_letter_topic: missing, and needed with on_refused = \"dead_letter\""
+                        .to_string(),
+                );
+            }
+            (Some(topic), OnRefused::DeadLetter) => {
+                validate_kafka_topic(topic).map_err(|e| format!("dead_letter_topic: {e}"))?;
+            }
+            (Some(_), other) => {
+                return Err(format!(
+                    "dead_letter_topic: used only with on_refused = \"dead_letter\" (this \
+                     mapping has {:?})",
+                    other.as_str()
+                ));
+            }
+            (None, _) => {}
+        }
+        if let Some(name) = &mapping.dead_letter_cluster {
+            if mapping.on_refused != OnRefused::DeadLetter {
+                return Err(
+                    "dead_letter_cluster: used only with on_refused = \"dead_letter\"".to_string(),
+                );
+            }
+            if !self.clusters.contains_key(name) {
+                let known = self.cluster_names_known();
+                return Err(format!(
+                    "dead_letter_cluster: {name:?} is not a cluster (known: {known})"
+                ));
+            }
+        }
+
         Ok(())
+    }
+
+    /// The cluster that takes `mapping`'s dead letters: its `dead_letter_cluster`, else its
+    /// own. None when the mapping has no dead letters (or no known cluster).
+    pub fn dead_letter_cluster_of<'a>(&'a self, mapping: &'a MappingConfig) -> Option<&'a str> {
+        if mapping.on_refused != OnRefused::DeadLetter {
+            return None;
+        }
+        match &mapping.dead_letter_cluster {
+            Some(name) => self.clusters.contains_key(name).then_some(name.as_str()),
+            None => self.cluster_of(mapping),
+        }
     }
 
     /// The cluster names for an error message: `a, b`, or `none`.
@@ -2054,6 +2148,9 @@ linger_us = 0
                 ],
                 ack: AckMode::Kafka,
                 mqtt_subscribers: true,
+                on_refused: OnRefused::ReasonCode,
+                dead_letter_topic: None,
+                dead_letter_cluster: None,
             }
         );
         assert_eq!(

@@ -23,14 +23,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, ExtraKafka, Record};
-use common::{id_on, Broker};
+use common::{id_on, mosquitto_pub, pubacks_in, Broker};
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
 
 /// Longest any one client step may take.
@@ -156,52 +156,6 @@ impl Mqtt {
         let _ = self.client.disconnect();
         self.wait_until(STEP, |m| m.closed.is_some());
     }
-}
-
-/// Runs `mosquitto_pub -h 127.0.0.1 -p PORT ARGS`, feeding `lines` on stdin (for `-l`);
-/// returns its exit status and its output (stdout, then stderr).
-fn mosquitto_pub(port: u16, args: &[&str], lines: &[String]) -> (ExitStatus, String) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mosquitto_pub (Debian mosquitto-clients)");
-    let mut stdin = child.stdin.take().unwrap();
-    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
-    thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().unwrap()));
-    let stderr = reader(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mosquitto_pub {args:?} did not finish within {STEP:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let output = stdout.join().unwrap() + &stderr.join().unwrap();
-    (status, output)
-}
-
-/// Lines of mosquitto_pub's `-d` output saying a PUBACK came.
-fn pubacks_in(output: &str) -> usize {
-    output.matches("received PUBACK").count()
 }
 
 /// Header (name, value) pairs from text, for comparisons.

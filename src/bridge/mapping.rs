@@ -10,7 +10,7 @@
 use crate::broker::topic_tree::SubscriptionTree;
 use crate::config::{ConfigError, KafkaConfig};
 // Re-exported: the bridge reads them from a `Mapping` and should not need the config module.
-pub use crate::config::{AckMode, HeaderField};
+pub use crate::config::{AckMode, HeaderField, OnRefused};
 
 use super::template::Template;
 
@@ -76,6 +76,18 @@ pub struct Mapping {
     pub ack: AckMode,
     /// Whether matched messages also go to MQTT subscribers.
     pub mqtt_subscribers: bool,
+    /// What becomes of a record Kafka refuses for good.
+    pub on_refused: OnRefused,
+    /// Where refused records go with `on_refused = "dead_letter"`.
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// The dead-letter destination of a mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Index into [`Mappings::cluster_names`].
+    pub cluster_index: usize,
+    pub topic: String,
 }
 
 /// Every mapping of the configuration and the trie that finds those of a topic.
@@ -105,6 +117,16 @@ impl Mappings {
                 .position(|name| name == cluster)
                 .expect("a cluster's name is listed");
             let template = |source: &str| Template::parse(source).expect("validated template");
+            let dead_letter = config.dead_letter_cluster_of(m).map(|cluster| DeadLetter {
+                cluster_index: cluster_names
+                    .iter()
+                    .position(|name| name == cluster)
+                    .expect("a cluster's name is listed"),
+                topic: m
+                    .dead_letter_topic
+                    .clone()
+                    .expect("validated dead-letter topic"),
+            });
             mappings.push(Mapping {
                 index,
                 cluster_index,
@@ -113,6 +135,8 @@ impl Mappings {
                 headers: m.headers.iter().copied().collect(),
                 ack: m.ack,
                 mqtt_subscribers: m.mqtt_subscribers,
+                on_refused: m.on_refused,
+                dead_letter,
             });
             tree.subscribe(&m.mqtt, index, ());
         }

@@ -26,7 +26,7 @@ use crossbeam::queue::SegQueue;
 use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
@@ -41,8 +41,10 @@ pub struct Record {
     pub headers: Vec<(&'static str, Bytes)>,
     /// The acknowledgement this record counts towards; 0 when nobody waits for it.
     pub ticket: u64,
-    /// Index of the mapping that made it, for per-mapping counters.
+    /// Index of the mapping that made it, for per-mapping counters (below 2^15).
     pub mapping: u32,
+    /// A dead letter: a record Kafka refused, on its way to the mapping's dead-letter topic.
+    pub dead_letter: bool,
 }
 
 impl Record {
@@ -62,11 +64,44 @@ impl Record {
 pub type Batch = Vec<Record>;
 
 /// The outcome of one record with a ticket (or of any failed record, for the counters).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Report {
     pub ticket: u64,
     pub mapping: u32,
+    pub dead_letter: bool,
     pub result: Result<(), RDKafkaErrorCode>,
+    /// The record, when Kafka refused it for good ([`is_refused_for_good`]): what a
+    /// dead-letter record is made of. Copied only on that path.
+    pub refused: Option<Box<RefusedRecord>>,
+}
+
+/// A record Kafka refused for good, as librdkafka gave it back.
+#[derive(Debug)]
+pub struct RefusedRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// Whether Kafka refused a record for good: sending it again would be refused again (too
+/// large for the topic, an invalid or unknown topic, not authorized, against a policy, a
+/// record the broker rejects). Transient errors (brokers down, a leader moving, timeouts)
+/// are not: librdkafka retries those itself (`message.timeout.ms = 0`), and a record failed
+/// by a producer's fatal error or purge may be sent again.
+pub fn is_refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidArgument
+    )
 }
 
 /// What happened to a record handed to [`KafkaProducer::send`].
@@ -101,24 +136,54 @@ struct DeliveryContext {
 
 impl ClientContext for DeliveryContext {}
 
-/// The delivery opaque: the ticket in the high bits, the mapping index in the low 16.
-fn opaque(ticket: u64, mapping: u32) -> usize {
-    ((ticket << 16) | u64::from(mapping & 0xFFFF)) as usize
+/// The delivery opaque: the ticket in the high 48 bits, then the dead-letter flag, then the
+/// mapping index in the low 15.
+fn opaque(ticket: u64, mapping: u32, dead_letter: bool) -> usize {
+    ((ticket << 16) | (u64::from(dead_letter) << 15) | u64::from(mapping & 0x7FFF)) as usize
+}
+
+fn from_opaque(opaque: usize) -> (u64, u32, bool) {
+    let opaque = opaque as u64;
+    (opaque >> 16, (opaque & 0x7FFF) as u32, opaque & 0x8000 != 0)
 }
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (ticket, mapping) = ((opaque as u64) >> 16, (opaque & 0xFFFF) as u32);
-        let result = match result {
-            Ok(_) => Ok(()),
-            Err((error, _)) => Err(error_code(error)),
+        let (ticket, mapping, dead_letter) = from_opaque(opaque);
+        let (result, refused) = match result {
+            Ok(_) => (Ok(()), None),
+            Err((error, message)) => {
+                let code = error_code(error);
+                let refused = is_refused_for_good(code).then(|| {
+                    Box::new(RefusedRecord {
+                        topic: message.topic().to_string(),
+                        key: message.key().unwrap_or_default().to_vec(),
+                        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                        headers: message
+                            .headers()
+                            .map(|headers| {
+                                headers
+                                    .iter()
+                                    .map(|h| {
+                                        let value = h.value.unwrap_or_default();
+                                        (h.key.to_string(), Bytes::copy_from_slice(value))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    })
+                });
+                (Err(code), refused)
+            }
         };
         self.shared.reports.push(Report {
             ticket,
             mapping,
+            dead_letter,
             result,
+            refused,
         });
         // A replaced producer is drained on a thread of its own: wake the shard for it.
         if !SERVING_ON_SHARD.with(Cell::get) {
@@ -241,9 +306,9 @@ impl KafkaProducer {
 
     /// Hands one record to librdkafka. Never blocks.
     pub fn send(&self, record: &Record) -> Sent {
+        let opaque = opaque(record.ticket, record.mapping, record.dead_letter);
         let mut base =
-            BaseRecord::with_opaque_to(&record.topic, opaque(record.ticket, record.mapping))
-                .payload(record.payload.as_ref());
+            BaseRecord::with_opaque_to(&record.topic, opaque).payload(record.payload.as_ref());
         if !record.key.is_empty() {
             base = base.key(&record.key[..]);
         }
@@ -261,10 +326,23 @@ impl KafkaProducer {
             Ok(()) => Sent::Queued,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Sent::QueueFull,
             Err((error, _)) => {
+                let code = error_code(&error);
+                let refused = is_refused_for_good(code).then(|| {
+                    Box::new(RefusedRecord {
+                        topic: record.topic.clone(),
+                        key: record.key.clone(),
+                        payload: record.payload.clone(),
+                        headers: (record.headers.iter())
+                            .map(|(name, value)| (name.to_string(), value.clone()))
+                            .collect(),
+                    })
+                });
                 self.shared.reports.push(Report {
                     ticket: record.ticket,
                     mapping: record.mapping,
-                    result: Err(error_code(&error)),
+                    dead_letter: record.dead_letter,
+                    result: Err(code),
+                    refused,
                 });
                 self.shared.wake.wake();
                 Sent::Refused

@@ -19,8 +19,10 @@ use crate::protocol::{MqttStr, QoS, ReasonCode};
 
 use bytes::Bytes;
 
-use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings};
-use super::producer::{Batch, KafkaProducer, Record, Sent};
+use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings, OnRefused};
+use super::producer::{
+    is_refused_for_good, Batch, KafkaProducer, Record, RefusedRecord, Report, Sent,
+};
 use super::template::{sanitize_kafka_topic, RenderContext};
 use crate::spool::log::{Segment, SpoolLog};
 use crate::spool::record::SpoolRecord;
@@ -29,6 +31,8 @@ use crate::spool::record::SpoolRecord;
 pub struct PendingAck {
     pub connection: Rc<Connection>,
     pub client_id: MqttStr,
+    /// The PUBLISH's topic, for the headers of a dead letter.
+    pub topic: MqttStr,
     pub packet_id: u16,
     pub qos: QoS,
     /// Records not yet reported.
@@ -61,7 +65,62 @@ pub struct MappingCounters {
     pub acknowledged: u64,
     pub failed: u64,
     pub dropped_ring_full: u64,
+    /// Records Kafka refused for good, by [`RefusedReason`] and by what became of them
+    /// ([`OnRefused::ALL`] order: reason code, dead letter, dropped).
+    pub refused: [[u64; OnRefused::ALL.len()]; RefusedReason::ALL.len()],
+    /// Dead-letter records Kafka acknowledged.
+    pub dead_lettered: u64,
 }
+
+/// Why Kafka refused a record for good, as the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedReason {
+    TooLarge,
+    InvalidTopic,
+    NotAuthorized,
+    PolicyViolation,
+    InvalidRecord,
+}
+
+impl RefusedReason {
+    pub const ALL: [RefusedReason; 5] = [
+        RefusedReason::TooLarge,
+        RefusedReason::InvalidTopic,
+        RefusedReason::NotAuthorized,
+        RefusedReason::PolicyViolation,
+        RefusedReason::InvalidRecord,
+    ];
+
+    /// The reason of a code that [`is_refused_for_good`].
+    pub fn of(code: RDKafkaErrorCode) -> RefusedReason {
+        match code {
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge => RefusedReason::TooLarge,
+            RDKafkaErrorCode::InvalidTopic | RDKafkaErrorCode::UnknownTopic => {
+                RefusedReason::InvalidTopic
+            }
+            RDKafkaErrorCode::TopicAuthorizationFailed => RefusedReason::NotAuthorized,
+            RDKafkaErrorCode::PolicyViolation => RefusedReason::PolicyViolation,
+            _ => RefusedReason::InvalidRecord,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::TooLarge => "too_large",
+            RefusedReason::InvalidTopic => "invalid_topic",
+            RefusedReason::NotAuthorized => "not_authorized",
+            RefusedReason::PolicyViolation => "policy_violation",
+            RefusedReason::InvalidRecord => "invalid_record",
+        }
+    }
+}
+
+/// The most payload a dead-letter record carries: librdkafka's default `message.max.bytes`
+/// less room for the key and headers. A longer payload is cut, and the header
+/// `dead_letter_payload_bytes` gives its full size.
+const DEAD_LETTER_PAYLOAD_MAX: usize = 900_000;
 
 struct ClusterLane {
     producer: KafkaProducer,
@@ -381,6 +440,7 @@ impl ShardBridge {
                 } else {
                     u32::MAX
                 },
+                dead_letter: false,
             };
             self.spool_backlog.push_back((cluster, record));
         }
@@ -456,6 +516,7 @@ impl ShardBridge {
                 headers: record_headers(mapping.headers, message, username),
                 ticket: if waits { ticket } else { 0 },
                 mapping: mapping.index as u32,
+                dead_letter: false,
             };
             new_records.push((mapping.cluster_index, record, mapping.ack));
         });
@@ -491,6 +552,7 @@ impl ShardBridge {
             PendingAck {
                 connection,
                 client_id: message.publisher.clone(),
+                topic: message.topic.clone(),
                 packet_id,
                 qos,
                 remaining: waiting_records,
@@ -590,45 +652,169 @@ impl ShardBridge {
 
     /// Serves the producers' delivery reports; returns the acknowledgements now due.
     pub fn drain_reports(&mut self, now: Instant) -> Vec<Completed> {
-        let mut completed = Vec::new();
-        let mut spool_acks = Vec::new();
-        for lane in &mut self.lanes {
+        let mut reports = Vec::new();
+        for (cluster, lane) in self.lanes.iter_mut().enumerate() {
             lane.producer.serve_reports();
             if lane.producer.has_fatal_error() {
                 lane.replace_producer();
             }
             while let Some(report) = lane.producer.pop_report() {
-                let counters = self.counters.get_mut(report.mapping as usize);
-                match (report.result, counters) {
-                    (Ok(()), Some(c)) => c.acknowledged += 1,
-                    (Err(_), Some(c)) => c.failed += 1,
-                    _ => {}
-                }
-                if report.ticket & SPOOL_TICKET != 0 {
-                    // From the spool: Kafka has it (or refused it for good; then it is
-                    // counted as failed, the device was acknowledged long ago).
-                    spool_acks.push(report.ticket & !SPOOL_TICKET);
-                    continue;
-                }
-                if report.ticket == 0 {
-                    continue;
-                }
-                let result = report.result;
-                let latency = &mut lane.latency_us;
-                count_down_in(
-                    &mut self.pending,
-                    report.ticket,
-                    result,
-                    now,
-                    &mut completed,
-                    Some(latency),
-                );
+                reports.push((cluster, report));
             }
         }
-        for seq in spool_acks {
-            self.spool_acked(seq);
+        let mut completed = Vec::new();
+        for (cluster, report) in reports {
+            self.apply_report(cluster, report, now, &mut completed);
         }
         completed
+    }
+
+    /// Counts one delivery report and moves its acknowledgement on. A record Kafka refused
+    /// for good goes the way its mapping's `on_refused` says.
+    fn apply_report(
+        &mut self,
+        cluster: usize,
+        report: Report,
+        now: Instant,
+        completed: &mut Vec<Completed>,
+    ) {
+        let Report {
+            ticket,
+            mapping,
+            dead_letter,
+            mut result,
+            refused,
+        } = report;
+        if let Some(c) = self.counters.get_mut(mapping as usize) {
+            match (result, dead_letter) {
+                (Ok(()), false) => c.acknowledged += 1,
+                (Ok(()), true) => c.dead_lettered += 1,
+                (Err(_), _) => c.failed += 1,
+            }
+        }
+        if let Err(code) = result {
+            if !dead_letter && is_refused_for_good(code) {
+                match self.refused(cluster, ticket, mapping, code, refused, now) {
+                    // The acknowledgement now waits for the dead letter's own report.
+                    None => return,
+                    Some(outcome) => result = outcome,
+                }
+            }
+        }
+        if ticket & SPOOL_TICKET != 0 {
+            // From the spool: Kafka has it (or refused it for good; then it is counted as
+            // failed, the device was acknowledged long ago).
+            self.spool_acked(ticket & !SPOOL_TICKET);
+            return;
+        }
+        if ticket == 0 {
+            return;
+        }
+        let latency = &mut self.lanes[cluster].latency_us;
+        count_down_in(
+            &mut self.pending,
+            ticket,
+            result,
+            now,
+            completed,
+            Some(latency),
+        );
+    }
+
+    /// Kafka refused a record of `mapping` for good (`code`), bound for `cluster`. Returns
+    /// the result its acknowledgement counts with, or None when a dead letter now carries
+    /// the ticket.
+    fn refused(
+        &mut self,
+        cluster: usize,
+        ticket: u64,
+        mapping: u32,
+        code: RDKafkaErrorCode,
+        record: Option<Box<RefusedRecord>>,
+        now: Instant,
+    ) -> Option<Result<(), RDKafkaErrorCode>> {
+        let Some(m) = self.mappings.as_slice().get(mapping as usize) else {
+            // A spooled record of a mapping no longer configured.
+            return Some(Err(code));
+        };
+        let (on_refused, dead_letter) = (m.on_refused, m.dead_letter.clone());
+        let reason = RefusedReason::of(code) as usize;
+        let action = match (on_refused, dead_letter, record) {
+            (OnRefused::DeadLetter, Some(destination), Some(record)) => {
+                let letter = self.dead_letter_record(
+                    cluster,
+                    ticket,
+                    mapping,
+                    code,
+                    *record,
+                    destination.topic,
+                );
+                self.append(destination.cluster_index, letter, now);
+                self.counters[mapping as usize].refused[reason][OnRefused::DeadLetter.index()] += 1;
+                return None;
+            }
+            (OnRefused::Drop, _, _) => OnRefused::Drop,
+            // A dead letter needs the record; librdkafka gives it back with every report,
+            // so this is only a safety net.
+            _ => OnRefused::ReasonCode,
+        };
+        self.counters[mapping as usize].refused[reason][action.index()] += 1;
+        Some(match action {
+            OnRefused::Drop => Ok(()),
+            _ => Err(code),
+        })
+    }
+
+    /// The dead letter of a record Kafka refused: the same key, payload (cut to
+    /// [`DEAD_LETTER_PAYLOAD_MAX`]) and headers, plus headers saying where it was going,
+    /// why it was refused and, when known, its MQTT topic and client id.
+    fn dead_letter_record(
+        &self,
+        cluster: usize,
+        ticket: u64,
+        mapping: u32,
+        code: RDKafkaErrorCode,
+        record: RefusedRecord,
+        topic: String,
+    ) -> Record {
+        let mut headers: Vec<(&'static str, Bytes)> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (static_header_name(name), value.clone()))
+            .collect();
+        if let Some(ack) = self.pending.get(&ticket) {
+            for (name, value) in [("mqtt_topic", &ack.topic), ("client_id", &ack.client_id)] {
+                if !headers.iter().any(|(n, _)| *n == name) {
+                    headers.push((name, value.as_bytes().clone()));
+                }
+            }
+        }
+        headers.push((
+            "dead_letter_error",
+            Bytes::from(format!("{code:?}: {code}")),
+        ));
+        headers.push(("dead_letter_topic", Bytes::from(record.topic)));
+        headers.push((
+            "dead_letter_cluster",
+            Bytes::from(self.mappings.cluster_names()[cluster].clone()),
+        ));
+        let mut payload = record.payload;
+        if payload.len() > DEAD_LETTER_PAYLOAD_MAX {
+            headers.push((
+                "dead_letter_payload_bytes",
+                Bytes::from(payload.len().to_string()),
+            ));
+            payload.truncate(DEAD_LETTER_PAYLOAD_MAX);
+        }
+        Record {
+            topic,
+            key: record.key,
+            payload,
+            headers,
+            ticket,
+            mapping,
+            dead_letter: true,
+        }
     }
 
     fn count_down(
@@ -699,7 +885,7 @@ fn count_down_in(
 /// Header names are static strings in records; those read back from the spool are mapped
 /// onto the same names.
 fn static_header_name(name: &str) -> &'static str {
-    const NAMES: [&str; 9] = [
+    const NAMES: [&str; 13] = [
         "mqtt_topic",
         "client_id",
         "username",
@@ -709,6 +895,10 @@ fn static_header_name(name: &str) -> &'static str {
         "content_type",
         "response_topic",
         "correlation_data",
+        "dead_letter_error",
+        "dead_letter_topic",
+        "dead_letter_cluster",
+        "dead_letter_payload_bytes",
     ];
     NAMES
         .iter()

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::auth::AuthStore;
 use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
-use crate::bridge::producer::{client_config, KafkaProducer};
+use crate::bridge::producer::{client_config, is_refused_for_good, KafkaProducer};
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
@@ -257,6 +257,7 @@ fn metrics_board(config: &Config, shard_count: usize) -> io::Result<Board> {
         .map(|m| MappingLabel {
             mqtt: m.mqtt.clone(),
             cluster: config.kafka.cluster_of(m).unwrap_or_default().to_string(),
+            on_refused: m.on_refused,
         })
         .collect();
     Ok(Board::new(
@@ -795,7 +796,15 @@ async fn spool_feed_loop(shard: ShardRef, spool: Rc<RefCell<SpoolLog>>) {
 /// Turns Kafka delivery reports into PUBACK/PUBREC as they arrive.
 async fn kafka_reports_loop(shard: ShardRef, mut reports: runtime::WakeListener) {
     while reports.wait().await {
-        let completed = shard.bridge.borrow_mut().drain_reports(Instant::now());
+        let (completed, timer_wanted) = {
+            let mut bridge = shard.bridge.borrow_mut();
+            let completed = bridge.drain_reports(Instant::now());
+            (completed, bridge.take_timer_wanted())
+        };
+        if timer_wanted {
+            // A dead letter opened a batch: the linger loop sends it.
+            shard.bridge_activity.notify();
+        }
         for done in completed {
             acknowledge_pending(&shard, done.ack);
         }
@@ -817,8 +826,14 @@ fn acknowledge_pending(shard: &ShardRef, ack: PendingAck) {
     let connection = &ack.connection;
     let reason = match ack.error {
         None => ReasonCode::Success,
-        // 3.1.1 has no way to say "failed": close without an ack, so the client publishes
-        // again after reconnecting.
+        // 3.1.1 has no way to say "refused": Kafka will refuse the same message again, so
+        // the client gets its PUBACK (the record is counted as refused and dropped) rather
+        // than publishing it again after every reconnect, for ever.
+        Some(code) if !connection.protocol.is_v5() && is_refused_for_good(code) => {
+            ReasonCode::Success
+        }
+        // Any other failure (a producer's fatal error): close without an ack, so the
+        // client publishes again after reconnecting.
         Some(_) if !connection.protocol.is_v5() => {
             connection.close(None);
             return;

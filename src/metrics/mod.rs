@@ -11,8 +11,9 @@ use std::thread;
 
 use hdrhistogram::Histogram;
 
-use crate::bridge::shard_bridge::MappingCounters;
+use crate::bridge::shard_bridge::{MappingCounters, RefusedReason};
 use crate::broker::stats::StatsSnapshot;
+use crate::config::OnRefused;
 
 /// One cluster as one shard sees it.
 #[derive(Clone)]
@@ -67,6 +68,8 @@ pub fn thread_cpu_seconds() -> f64 {
 pub struct MappingLabel {
     pub mqtt: String,
     pub cluster: String,
+    /// Its `on_refused`: the refused-record series it always shows.
+    pub on_refused: OnRefused,
 }
 
 pub struct Board {
@@ -135,6 +138,12 @@ impl Board {
                 total.acknowledged += m.acknowledged;
                 total.failed += m.failed;
                 total.dropped_ring_full += m.dropped_ring_full;
+                total.dead_lettered += m.dead_lettered;
+                for (total, m) in total.refused.iter_mut().zip(&m.refused) {
+                    for (total, m) in total.iter_mut().zip(m) {
+                        *total += m;
+                    }
+                }
             }
             for (total, c) in totals.clusters.iter_mut().zip(&shard.clusters) {
                 total.0 += c.records_in_ring;
@@ -203,12 +212,13 @@ pub fn render_prometheus(board: &Board) -> String {
             snapshot.busy_seconds
         );
     }
-    let counters: [(&str, CounterOf); 5] = [
+    let counters: [(&str, CounterOf); 6] = [
         ("matched", |m| m.matched),
         ("produced", |m| m.produced),
         ("acknowledged", |m| m.acknowledged),
         ("failed", |m| m.failed),
         ("dropped_ring_full", |m| m.dropped_ring_full),
+        ("dead_lettered", |m| m.dead_lettered),
     ];
     for (name, get) in counters {
         let _ = writeln!(out, "# TYPE ferrymq_kafka_mapping_{name}_total counter");
@@ -220,6 +230,27 @@ pub fn render_prometheus(board: &Board) -> String {
                 escape(&label.cluster),
                 get(counters)
             );
+        }
+    }
+    // Records Kafka refused for good, by reason and by what became of them: every reason
+    // with the mapping's own `on_refused`, and any other pair that happened.
+    let _ = writeln!(out, "# TYPE ferrymq_kafka_mapping_refused_total counter");
+    for (index, (counters, label)) in totals.mappings.iter().zip(&board.mappings).enumerate() {
+        for reason in RefusedReason::ALL {
+            for action in OnRefused::ALL {
+                let count = counters.refused[reason as usize][action.index()];
+                if count == 0 && action != label.on_refused {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "ferrymq_kafka_mapping_refused_total{{mapping=\"{index}\",mqtt=\"{}\",cluster=\"{}\",reason=\"{}\",action=\"{}\"}} {count}",
+                    escape(&label.mqtt),
+                    escape(&label.cluster),
+                    reason.as_str(),
+                    action.as_str(),
+                );
+            }
         }
     }
     let spools: Vec<(usize, SpoolSnapshot)> = board
@@ -380,6 +411,7 @@ mod tests {
             vec![MappingLabel {
                 mqtt: "devices/#".into(),
                 cluster: "main".into(),
+                on_refused: OnRefused::ReasonCode,
             }],
             vec![
                 Arc::new(AtomicBool::new(true)),

@@ -179,11 +179,19 @@ pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Durati
 
 /// Creates `topic` with `partitions` partitions (replication 1), waiting until it is usable.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_with(bootstrap, topic, partitions, &[]);
+}
+
+/// [`create_topic`] with topic configs (`("max.message.bytes", "1024")`, say).
+pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("create admin client");
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (name, value) in configs {
+        new_topic = new_topic.set(name, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_lite::future::block_on(admin.create_topics([&new_topic], &options))
         .expect("create_topics");

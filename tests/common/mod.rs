@@ -6,10 +6,11 @@
 pub mod kafka;
 pub mod metrics;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 pub struct Broker {
@@ -328,4 +329,54 @@ fn wait_accepting(child: &mut Child, port: u16) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Longest one `mosquitto_pub` run may take.
+pub const MOSQUITTO_STEP: Duration = Duration::from_secs(20);
+
+/// Runs `mosquitto_pub -h 127.0.0.1 -p PORT ARGS`, feeding `lines` on stdin (for `-l`);
+/// returns its exit status and its output (stdout, then stderr). Fails the test if it runs
+/// longer than [`MOSQUITTO_STEP`].
+pub fn mosquitto_pub(port: u16, args: &[&str], lines: &[String]) -> (ExitStatus, String) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_pub (Debian mosquitto-clients)");
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().unwrap()));
+    let stderr = reader(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + MOSQUITTO_STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto_pub {args:?} did not finish within {MOSQUITTO_STEP:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let output = stdout.join().unwrap() + &stderr.join().unwrap();
+    (status, output)
+}
+
+/// Lines of mosquitto_pub's `-d` output saying a PUBACK came.
+pub fn pubacks_in(output: &str) -> usize {
+    output.matches("received PUBACK").count()
 }
