@@ -1,41 +1,108 @@
 //! Whether each Kafka cluster answers: one small thread per cluster asks for metadata every
-//! few seconds. `/readyz` and `ferrymq_kafka_up` report it.
+//! few seconds, with the cluster's settings in force (SIGHUP may replace them). `/readyz`
+//! and `ferrymq_kafka_up` report it; while a cluster does not answer, a log line at most
+//! every [`LOG_EVERY`] gives librdkafka's last reason (wrong credentials, an untrusted
+//! certificate, a broker that does not speak TLS, nobody listening...).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use tracing::{info, warn};
 
-use super::producer::client_config;
+use super::settings::ClusterSettings;
 
 /// Time between two metadata requests.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a metadata request may take before the cluster counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most often a cluster that does not answer is logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Starts the probe of one cluster; the flag starts false until the first answer.
+/// Keeps librdkafka's last error of the probe's client: the reason a cluster is not ready.
+#[derive(Default)]
+struct ProbeContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        *self.last_error.lock().expect("probe error") = Some(format!("{error} ({reason})"));
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+fn probe_client(
+    settings: &ClusterSettings,
+    index: usize,
+) -> Result<BaseProducer<ProbeContext>, String> {
+    settings
+        .producer_config(index)
+        .create_with_context(ProbeContext::default())
+        .map_err(|e| e.to_string())
+}
+
+/// Starts the probe of cluster `index` (named `name`); the flag starts false until the
+/// first answer.
 pub fn spawn_probe(
     name: &str,
-    bootstrap: &str,
-    properties: &BTreeMap<String, String>,
+    index: usize,
+    settings: Arc<ClusterSettings>,
 ) -> Result<Arc<AtomicBool>, String> {
     let up = Arc::new(AtomicBool::new(false));
-    let producer: BaseProducer = client_config(bootstrap, properties)
-        .create()
-        .map_err(|e| e.to_string())?;
+    let mut producer = probe_client(&settings, index)?;
+    let mut generation = settings.generation();
     let flag = up.clone();
+    let name = name.to_string();
     thread::Builder::new()
         .name(format!("kafka-probe-{name}"))
-        .spawn(move || loop {
-            let answered = producer
-                .client()
-                .fetch_metadata(None, PROBE_TIMEOUT)
-                .is_ok();
-            flag.store(answered, Ordering::Relaxed);
-            thread::sleep(PROBE_INTERVAL);
+        .spawn(move || {
+            let started = Instant::now();
+            let mut logged: Option<Instant> = None;
+            loop {
+                if settings.generation() != generation {
+                    generation = settings.generation();
+                    match probe_client(&settings, index) {
+                        Ok(new) => producer = new,
+                        Err(error) => warn!(cluster = %name, %error, "kafka.clusters.{name}: probe not remade: {error}"),
+                    }
+                }
+                let answered = producer
+                    .client()
+                    .fetch_metadata(None, PROBE_TIMEOUT)
+                    .is_ok();
+                // Serves librdkafka's error events into the context's last error.
+                producer.poll(Duration::ZERO);
+                let was_up = flag.swap(answered, Ordering::Relaxed);
+                if answered {
+                    producer.context().last_error.lock().expect("probe error").take();
+                    if !was_up && logged.is_some() {
+                        info!(cluster = %name, "kafka cluster {name} answers again");
+                        logged = None;
+                    }
+                } else if started.elapsed() >= PROBE_INTERVAL
+                    && logged.is_none_or(|at| at.elapsed() >= LOG_EVERY)
+                {
+                    let reason = producer
+                        .context()
+                        .last_error
+                        .lock()
+                        .expect("probe error")
+                        .clone()
+                        .unwrap_or_else(|| "no answer to a metadata request".to_string());
+                    warn!(cluster = %name, %reason, "kafka cluster {name} not ready: {reason}");
+                    logged = Some(Instant::now());
+                }
+                thread::sleep(PROBE_INTERVAL);
+            }
         })
         .map_err(|e| e.to_string())?;
     Ok(up)

@@ -17,6 +17,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -27,7 +28,9 @@ use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::ClientContext;
 
 use crate::runtime::CrossThreadWake;
@@ -70,12 +73,13 @@ pub struct Report {
     pub mapping: u32,
     pub dead_letter: bool,
     pub result: Result<(), RDKafkaErrorCode>,
-    /// The record, when Kafka refused it for good ([`is_refused_for_good`]): what a
-    /// dead-letter record is made of. Copied only on that path.
+    /// The record, when Kafka refused it for good ([`is_refused_for_good`]: what a
+    /// dead-letter record is made of), or when a producer being replaced by new settings
+    /// purged it (to send it again through the new one). Copied only on those paths.
     pub refused: Option<Box<RefusedRecord>>,
 }
 
-/// A record Kafka refused for good, as librdkafka gave it back.
+/// A record as librdkafka gave it back in a failed delivery report.
 #[derive(Debug)]
 pub struct RefusedRecord {
     pub topic: String,
@@ -132,6 +136,37 @@ thread_local! {
 
 struct DeliveryContext {
     shared: Arc<LaneShared>,
+    /// Set when the producer is being replaced by new settings: the records it purges come
+    /// back whole, to be sent again.
+    handing_over: AtomicBool,
+}
+
+/// Whether a failed record is one a producer being replaced purged.
+pub fn is_purged(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
+    )
+}
+
+fn copy_back(message: &rdkafka::message::BorrowedMessage<'_>) -> Box<RefusedRecord> {
+    Box::new(RefusedRecord {
+        topic: message.topic().to_string(),
+        key: message.key().unwrap_or_default().to_vec(),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        let value = h.value.unwrap_or_default();
+                        (h.key.to_string(), Bytes::copy_from_slice(value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 impl ClientContext for DeliveryContext {}
@@ -156,25 +191,9 @@ impl ProducerContext for DeliveryContext {
             Ok(_) => (Ok(()), None),
             Err((error, message)) => {
                 let code = error_code(error);
-                let refused = is_refused_for_good(code).then(|| {
-                    Box::new(RefusedRecord {
-                        topic: message.topic().to_string(),
-                        key: message.key().unwrap_or_default().to_vec(),
-                        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-                        headers: message
-                            .headers()
-                            .map(|headers| {
-                                headers
-                                    .iter()
-                                    .map(|h| {
-                                        let value = h.value.unwrap_or_default();
-                                        (h.key.to_string(), Bytes::copy_from_slice(value))
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    })
-                });
+                let handed_over = is_purged(code) && self.handing_over.load(Ordering::Acquire);
+                let refused =
+                    (is_refused_for_good(code) || handed_over).then(|| copy_back(message));
                 (Err(code), refused)
             }
         };
@@ -278,6 +297,7 @@ impl KafkaProducer {
     ) -> Result<KafkaProducer, String> {
         let context = DeliveryContext {
             shared: shared.clone(),
+            handing_over: AtomicBool::new(false),
         };
         let producer: BaseProducer<DeliveryContext> = config
             .create_with_context(context)
@@ -392,8 +412,20 @@ impl KafkaProducer {
     /// CPUs (see the module's note). Blocks the shard for the making of a producer (about
     /// a millisecond), which happens only after a fatal error.
     pub fn replace(&mut self) -> Result<(), String> {
-        let name = self.name.clone();
         let config = self.config.clone();
+        self.replace_with(config, false)
+    }
+
+    /// Replaces this producer by one with `config` (new settings from SIGHUP). What the old
+    /// one holds is purged and comes back in reports with the records whole
+    /// ([`is_purged`]), for the shard to send again through the new one: nothing waits on
+    /// a producer whose settings were wrong (bad credentials, an untrusted CA).
+    pub fn reconfigure(&mut self, config: ClientConfig) -> Result<(), String> {
+        self.replace_with(config, true)
+    }
+
+    fn replace_with(&mut self, config: ClientConfig, hand_over: bool) -> Result<(), String> {
+        let name = self.name.clone();
         let shared = self.shared.clone();
         let made = thread::Builder::new()
             .name(format!("{name}-new"))
@@ -412,9 +444,28 @@ impl KafkaProducer {
         let old = std::mem::replace(self, made);
         let _ = thread::Builder::new()
             .name(format!("{}-old", self.name))
-            .spawn(move || old.close(STOP_FLUSH))
+            .spawn(move || {
+                if hand_over {
+                    old.hand_over();
+                } else {
+                    old.close(STOP_FLUSH);
+                }
+            })
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Purges everything this producer holds, reporting each record whole, then drops it.
+    fn hand_over(self) {
+        self.producer
+            .context()
+            .handing_over
+            .store(true, Ordering::Release);
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        // The purge reports come through the report queue; serve them here (this producer
+        // is no longer the shard's), each waking the shard.
+        let _ = self.producer.flush(STOP_FLUSH);
     }
 
     /// Delivers what the producer holds, for at most `timeout`, then drops it (what is

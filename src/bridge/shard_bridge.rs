@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::error::RDKafkaErrorCode;
-use tracing::warn;
+use std::sync::Arc;
+
+use tracing::{info, warn};
 
 use crate::broker::connection::Connection;
 use crate::broker::message::Message;
-use crate::config::{BatchingConfig, SpoolWhenFull};
+use crate::config::{BatchingConfig, ClusterConfig, SpoolWhenFull};
 use crate::metrics::{new_latency_histogram, ClusterSnapshot, LATENCY_US_MAX};
 use crate::protocol::{MqttStr, QoS, ReasonCode};
 
@@ -21,8 +23,9 @@ use bytes::Bytes;
 
 use super::mapping::{AckMode, HeaderField, HeaderSet, Mappings, OnRefused};
 use super::producer::{
-    is_refused_for_good, Batch, KafkaProducer, Record, RefusedRecord, Report, Sent,
+    is_purged, is_refused_for_good, Batch, KafkaProducer, Record, RefusedRecord, Report, Sent,
 };
+use super::settings::ClusterSettings;
 use super::template::{sanitize_kafka_topic, RenderContext};
 use crate::spool::log::{Segment, SpoolLog};
 use crate::spool::record::SpoolRecord;
@@ -124,6 +127,8 @@ const DEAD_LETTER_PAYLOAD_MAX: usize = 900_000;
 
 struct ClusterLane {
     producer: KafkaProducer,
+    /// The settings `producer` was made with.
+    applied: ClusterConfig,
     batch: Batch,
     batch_bytes: usize,
     /// Records librdkafka had no room for (its queue holds `queue.buffering.max.messages`),
@@ -236,6 +241,9 @@ pub struct ShardBridge {
     /// Since the last [`ShardBridge::take_timer_wanted`], a batch opened and waits, or one
     /// found its producer full and is held: either needs the linger timer.
     timer_wanted: bool,
+    /// The clusters' settings in force, which SIGHUP may replace.
+    settings: Arc<ClusterSettings>,
+    settings_seen: u64,
 }
 
 /// Tickets of spooled records carry this bit; the rest is the record's seq in the spool.
@@ -246,14 +254,17 @@ impl ShardBridge {
         mappings: Mappings,
         producers: Vec<KafkaProducer>,
         batching: BatchingConfig,
+        settings: Arc<ClusterSettings>,
     ) -> ShardBridge {
         let counters = vec![MappingCounters::default(); mappings.len()];
         ShardBridge {
             mappings,
             lanes: producers
                 .into_iter()
-                .map(|producer| ClusterLane {
+                .enumerate()
+                .map(|(cluster, producer)| ClusterLane {
                     producer,
+                    applied: settings.cluster(cluster),
                     batch: Vec::new(),
                     batch_bytes: 0,
                     held: None,
@@ -276,6 +287,39 @@ impl ShardBridge {
             spool_dropped_unknown_cluster: 0,
             spool_done_segments: Vec::new(),
             timer_wanted: false,
+            settings_seen: settings.generation(),
+            settings,
+        }
+    }
+
+    /// Makes new producers for the clusters whose settings a reload (SIGHUP) changed; what
+    /// the old ones held is sent again through the new ones.
+    pub fn follow_settings(&mut self) {
+        let generation = self.settings.generation();
+        if generation == self.settings_seen {
+            return;
+        }
+        self.settings_seen = generation;
+        for (cluster, lane) in self.lanes.iter_mut().enumerate() {
+            let now = self.settings.cluster(cluster);
+            if now == lane.applied {
+                continue;
+            }
+            let name = &self.mappings.cluster_names()[cluster];
+            match lane
+                .producer
+                .reconfigure(self.settings.producer_config(cluster))
+            {
+                Ok(()) => {
+                    info!(cluster = %name, "kafka.clusters.{name}: new settings in force");
+                    lane.applied = now;
+                }
+                Err(error) => warn!(
+                    cluster = %name,
+                    %error,
+                    "kafka.clusters.{name}: new settings refused by librdkafka, the old stay: {error}"
+                ),
+            }
         }
     }
 
@@ -685,6 +729,24 @@ impl ShardBridge {
             mut result,
             refused,
         } = report;
+        if let (Err(code), Some(record)) = (result, &refused) {
+            if is_purged(code) {
+                // Handed over by a producer replaced with new settings: send it again.
+                let record = Record {
+                    topic: record.topic.clone(),
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
+                    headers: (record.headers.iter())
+                        .map(|(name, value)| (static_header_name(name), value.clone()))
+                        .collect(),
+                    ticket,
+                    mapping,
+                    dead_letter,
+                };
+                self.append(cluster, record, now);
+                return;
+            }
+        }
         if let Some(c) = self.counters.get_mut(mapping as usize) {
             match (result, dead_letter) {
                 (Ok(()), false) => c.acknowledged += 1,

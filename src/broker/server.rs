@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 use crate::auth::AuthStore;
 use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
-use crate::bridge::producer::{client_config, is_refused_for_good, KafkaProducer};
+use crate::bridge::producer::{is_refused_for_good, KafkaProducer};
+use crate::bridge::settings::ClusterSettings;
 use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
@@ -37,8 +38,17 @@ const SHUTDOWN_POLL_MS: u64 = 50;
 /// Time given to connections to flush their DISCONNECT before the shards exit.
 const SHUTDOWN_FLUSH_MS: u64 = 300;
 
-/// Runs the broker until SIGINT or SIGTERM.
+/// Runs the broker until SIGINT or SIGTERM, without reloading Kafka settings on SIGHUP.
 pub fn run(config: Config) -> io::Result<()> {
+    run_with_reload(config, None)
+}
+
+/// Reads the configuration again (SIGHUP): the file, with its `${env:}`/`${file:}` values.
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+/// Runs the broker until SIGINT or SIGTERM. SIGHUP reads the password and ACL files again
+/// and, with `reload`, the Kafka clusters' settings.
+pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()> {
     let allowed = runtime::affinity_cpus()?;
     let cpus = match &config.broker.cores {
         Some(cores) => {
@@ -57,13 +67,14 @@ pub fn run(config: Config) -> io::Result<()> {
         AuthStore::load(config.auth.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("auth: {e}")))?,
     );
-    reload_auth_on_sighup(auth.clone())?;
+    let settings = Arc::new(ClusterSettings::new(&config));
+    reload_on_sighup(auth.clone(), settings.clone(), reload)?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
-    let kafka = start_kafka_producers(&config, cpus.len())?;
-    let board = Arc::new(metrics_board(&config, cpus.len())?);
+    let kafka = start_kafka_producers(&config, &settings, cpus.len())?;
+    let board = Arc::new(metrics_board(&config, &settings, cpus.len())?);
     let metrics_addr = match config.broker.metrics_bind {
         Some(addr) => Some(metrics::serve(addr, board.clone()).map_err(|e| {
             io::Error::new(
@@ -84,6 +95,7 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     let kafka = Arc::new(Mutex::new(kafka.into_iter().map(Some).collect::<Vec<_>>()));
     let shard_config = Arc::new(ShardConfig {
+        settings,
         broker: config.broker.clone(),
         kafka: config.kafka.clone(),
         batching: config.batching.clone(),
@@ -214,7 +226,14 @@ fn stdout_is_stderr() -> bool {
 /// SIGHUP reads the password and ACL files again, without dropping anyone: each shard
 /// decides with the new snapshot from its next decision on, connected clients included. A
 /// file with an error keeps the files loaded before in force, and the log says which line.
-fn reload_auth_on_sighup(auth: Arc<AuthStore>) -> io::Result<()> {
+/// With `reload`, it also reads the configuration again and puts the Kafka clusters' new
+/// settings in force (shards and probes pick them up within a second); a configuration
+/// with an error, or with other clusters, keeps the settings in force.
+fn reload_on_sighup(
+    auth: Arc<AuthStore>,
+    settings: Arc<ClusterSettings>,
+    reload: Option<Reload>,
+) -> io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
         .name("ferrymq-sighup".into())
@@ -233,16 +252,34 @@ fn reload_auth_on_sighup(auth: Arc<AuthStore>) -> io::Result<()> {
                         "SIGHUP: reload failed, the files loaded before stay in force: {e}"
                     ),
                 }
+                let Some(reload) = &reload else { continue };
+                match reload().and_then(|config| settings.reload(&config)) {
+                    Ok(changed) if changed.is_empty() => {
+                        info!("SIGHUP: Kafka cluster settings unchanged")
+                    }
+                    Ok(changed) => {
+                        let changed = changed.join(", ");
+                        info!(clusters = %changed, "SIGHUP: new settings for Kafka clusters {changed}")
+                    }
+                    Err(e) => warn!(
+                        error = %e,
+                        "SIGHUP: Kafka cluster settings not reloaded, those in force stay: {e}"
+                    ),
+                }
             }
         })?;
     Ok(())
 }
 
 /// The metrics board, with a Kafka probe per cluster.
-fn metrics_board(config: &Config, shard_count: usize) -> io::Result<Board> {
+fn metrics_board(
+    config: &Config,
+    settings: &Arc<ClusterSettings>,
+    shard_count: usize,
+) -> io::Result<Board> {
     let mut kafka_up = Vec::new();
-    for (name, cluster) in &config.kafka.clusters {
-        let up = health::spawn_probe(name, &cluster.bootstrap, &cluster.config).map_err(|e| {
+    for (index, name) in config.kafka.clusters.keys().enumerate() {
+        let up = health::spawn_probe(name, index, settings.clone()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("kafka.clusters.{name}.config: {e}"),
@@ -274,6 +311,8 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 async fn metrics_loop(shard: ShardRef) {
     loop {
         runtime::sleep(METRICS_INTERVAL).await;
+        // New Kafka settings from SIGHUP are put in force here, within a second.
+        shard.bridge.borrow_mut().follow_settings();
         let bridge = shard.bridge.borrow();
         let (mappings, clusters) = bridge.snapshot();
         let spool = bridge.spool().map(|log| {
@@ -311,6 +350,7 @@ async fn metrics_loop(shard: ShardRef) {
 
 /// What every shard is configured with.
 struct ShardConfig {
+    settings: Arc<ClusterSettings>,
     broker: BrokerConfig,
     kafka: KafkaConfig,
     batching: BatchingConfig,
@@ -326,19 +366,17 @@ struct ShardProducers {
 
 /// Makes one producer per (shard, cluster), on this unpinned thread so that librdkafka's
 /// threads are not pinned to a shard's CPU.
-fn start_kafka_producers(config: &Config, shard_count: usize) -> io::Result<Vec<ShardProducers>> {
+fn start_kafka_producers(
+    config: &Config,
+    settings: &ClusterSettings,
+    shard_count: usize,
+) -> io::Result<Vec<ShardProducers>> {
     let mut sets = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
         let (wake, wake_end) = runtime::cross_thread_wake()?;
         let mut producers = Vec::new();
-        for (name, cluster) in &config.kafka.clusters {
-            let mut client = client_config(&cluster.bootstrap, &cluster.config);
-            if !cluster.config.contains_key("queue.buffering.max.messages") {
-                // The bound on what one shard's producer holds for a cluster; beyond it
-                // records wait on the shard and QoS 1/2 publishers are held back.
-                let bound = config.batching.ring_capacity_batches * config.batching.max_messages;
-                client.set("queue.buffering.max.messages", bound.to_string());
-            }
+        for (index, name) in config.kafka.clusters.keys().enumerate() {
+            let client = settings.producer_config(index);
             let producer =
                 KafkaProducer::create(format!("kafka-{name}-{shard}"), client, wake.try_clone()?)
                     .map_err(|e| {
@@ -408,7 +446,12 @@ async fn shard_main(
     let config = Rc::new(shard_config.broker.clone());
     let stats = Rc::new(ShardStats::default());
     let mappings = Mappings::new(&shard_config.kafka).expect("validated with the config");
-    let mut bridge = ShardBridge::new(mappings, producers.producers, shard_config.batching.clone());
+    let mut bridge = ShardBridge::new(
+        mappings,
+        producers.producers,
+        shard_config.batching.clone(),
+        shard_config.settings.clone(),
+    );
     let spool = if bridge.has_durable_mappings() {
         match open_spool(&shard_config.spool, env.shard_id, env.shard_count).await {
             Ok(spool) => {
