@@ -6,6 +6,10 @@
 //! line and name the key as it is written in TOML (`broker.packet_size_bytes_max: 5 is below
 //! the minimum of 16`), prefixed with `FILE:LINE:COLUMN` when they come from reading the file.
 //!
+//! Any string value of the file may be `"${env:NAME}"` or `"${file:PATH}"`: the variable's
+//! value or the file's content (see [`crate::config_secrets`]). Errors never show what such a
+//! reference gave, nor the value of a key that holds a secret ([`is_secret_key`]).
+//!
 //! ```toml
 //! [[listener]]
 //! bind = "0.0.0.0:1883"
@@ -38,6 +42,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::bridge::template::{validate_kafka_topic, Template};
+pub use crate::config_secrets::{is_secret_key, scrub};
+use crate::config_secrets::{Resolved, Substitutions};
 use crate::protocol::topic::{is_shared, validate_topic_filter};
 use crate::protocol::{DecodeError, PACKET_SIZE_BYTES_MAX};
 
@@ -92,6 +98,10 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// The broker's log on stderr: format and level; TOML `[log]`.
     pub log: LogConfig,
+    /// The file's `${env:NAME}` and `${file:PATH}` values and what they gave: kept so that
+    /// errors can name the reference and never show the value ([`Config::secret_values`]).
+    #[serde(skip)]
+    pub substitutions: Substitutions,
 }
 
 /// The broker's log, on stderr; TOML `[log]`.
@@ -192,6 +202,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             log: LogConfig::default(),
+            substitutions: Substitutions::default(),
         }
     }
 }
@@ -613,7 +624,8 @@ pub const SPOOL_SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 /// not given leaves the file's value (or the default) in place.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BrokerArgs {
-    /// TOML configuration file; flags override its values.
+    /// TOML configuration file; flags override its values. A string value may be
+    /// "${env:NAME}" or "${file:PATH}" (an environment variable, a file's content).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:1883; repeat for several. Replaces the file's
@@ -769,6 +781,7 @@ pub fn load_with_rust_log(
     if let (Some(filter), None) = (rust_log, &args.log_level) {
         check_log_filter(filter).map_err(|e| ConfigError(format!("RUST_LOG: {e}")))?;
         config.log.level = filter.to_string();
+        config.substitutions.overridden("log.level");
     }
     config.apply(args);
     config.validate()?;
@@ -810,9 +823,71 @@ impl Config {
     }
 
     /// Parses TOML text over the defaults, without validating the values. `file` names the
-    /// text's origin in errors, which read `file:line:column: key: problem`.
+    /// text's origin in errors, which read `file:line:column: key: problem`. String values
+    /// `"${env:NAME}"` and `"${file:PATH}"` are resolved first; an error resolving one reads
+    /// `key: reference: problem`.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(describe_toml_error(text, file, &e)))
+        Config::from_toml_with_env(text, file, &|name| std::env::var_os(name))
+    }
+
+    /// [`Config::from_toml`], reading environment variables with `env`.
+    pub(crate) fn from_toml_with_env(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
+        let document = toml::de::DeTable::parse(text).map_err(|e| {
+            // A syntax error: no value was read, so there is nothing to resolve.
+            ConfigError(describe_toml_error(
+                text,
+                file,
+                &e,
+                &Resolved::unchanged(text),
+                None,
+            ))
+        })?;
+        let resolved =
+            crate::config_secrets::resolve(text, document.get_ref(), env).map_err(ConfigError)?;
+        let mut config: Config = toml::from_str(&resolved.text).map_err(|e| {
+            ConfigError(describe_toml_error(
+                text,
+                file,
+                &e,
+                &resolved,
+                Some(document.get_ref()),
+            ))
+        })?;
+        config.substitutions = resolved.substitutions;
+        Ok(config)
+    }
+
+    /// The values never to show: those the file's references gave and those of secret keys
+    /// ([`is_secret_key`]) in the clusters' `config`; longest first, for [`scrub`].
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut values: Vec<String> = self.substitutions.values().map(str::to_string).collect();
+        for cluster in self.kafka.clusters.values() {
+            for (name, value) in &cluster.config {
+                if is_secret_key(name) {
+                    values.push(value.clone());
+                }
+            }
+        }
+        values.retain(|value| !value.is_empty());
+        values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        values.dedup();
+        values
+    }
+
+    /// `value` as it may be shown for `key`, a key path as errors write it
+    /// (`kafka.clusters.main.config."sasl.password"`): `***` when the key holds a secret
+    /// ([`is_secret_key`]) or its value came from a reference, else `value`. For anything
+    /// that prints settings with their values.
+    pub fn shown<'v>(&self, key: &str, value: &'v str) -> &'v str {
+        if is_secret_key(key) || self.substitutions.of_key(key).is_some() {
+            crate::config_secrets::MASK
+        } else {
+            value
+        }
     }
 
     /// Overrides the values given on the command line.
@@ -922,10 +997,34 @@ impl Config {
         }
         set(&mut self.log.format, log_format);
         set(&mut self.log.level, log_level.clone());
+        // An error about one of these keys is then about the flag's value, not a reference's.
+        let replaced = [
+            ("listener", !args.listen.is_empty()),
+            ("broker.cores", args.cores.is_some()),
+            ("broker.metrics_bind", metrics_bind.is_some()),
+            ("spool.data_dir", data_dir.is_some()),
+            ("spool.when_full", spool_when_full.is_some()),
+            ("auth.password_file", password_file.is_some()),
+            ("auth.acl_file", acl_file.is_some()),
+            ("log.format", log_format.is_some()),
+            ("log.level", log_level.is_some()),
+        ];
+        for (key, _) in replaced.into_iter().filter(|(_, given)| *given) {
+            self.substitutions.overridden(key);
+        }
     }
 
-    /// Checks every value against its bounds; the error names the first key out of bounds.
+    /// Checks every value against its bounds; the error names the first key out of bounds,
+    /// and the reference its value came from, if any (`key: ${env:NAME}: problem`). It shows
+    /// none of [`Config::secret_values`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|ConfigError(error)| {
+            let error = self.substitutions.annotate(&error);
+            ConfigError(scrub(&error, &self.secret_values()))
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
             return Err(ConfigError(
                 "listener: at least one listener is needed".into(),
@@ -1189,7 +1288,7 @@ fn check_bootstrap(list: &str) -> Result<(), String> {
 
 /// A TOML key as written in a key path: bare when it can be, quoted otherwise
 /// (`"compression.type"`).
-fn toml_key(key: &str) -> Cow<'_, str> {
+pub(crate) fn toml_key(key: &str) -> Cow<'_, str> {
     let bare = !key.is_empty()
         && key
             .bytes()
@@ -1347,23 +1446,33 @@ fn deserialize_properties<'de, D: Deserializer<'de>>(
 }
 
 /// Turns a TOML error into one line: `file:line:column: key: problem`, where `key` is the
-/// path of the offending key (`listener[1].bind`), found from the error's position.
-fn describe_toml_error(text: &str, file: &str, error: &toml::de::Error) -> String {
+/// path of the offending key (`listener[1].bind`), found from the error's position. `error`
+/// is about `resolved.text`; the position is given in `text`, the file as written, whose
+/// parsed `document` names the key, and the message is scrubbed of what references gave. An
+/// error in a reference's value reads `file:line:column: key: reference: problem`.
+fn describe_toml_error(
+    text: &str,
+    file: &str,
+    error: &toml::de::Error,
+    resolved: &Resolved<'_>,
+    document: Option<&toml::de::DeTable<'_>>,
+) -> String {
     // serde says "field"; the file's reader knows them as keys.
-    let message =
-        error
-            .message()
-            .trim()
-            .replace('\n', "; ")
-            .replacen("unknown field", "unknown key", 1);
+    let message = resolved
+        .scrub(error.message().trim())
+        .replace('\n', "; ")
+        .replacen("unknown field", "unknown key", 1);
     let Some(span) = error.span() else {
         return format!("{file}: {message}");
     };
-    let (line, column) = line_and_column(text, span.start);
+    let (offset, substitution) = resolved.original_offset(span.start);
+    let message = match substitution {
+        Some(substitution) => format!("{}: {message}", substitution.reference()),
+        None => message,
+    };
+    let (line, column) = line_and_column(text, offset);
     // A syntax error leaves no document to find the key in; the position says enough.
-    let key = toml::de::DeTable::parse(text)
-        .ok()
-        .and_then(|document| key_at_table(document.get_ref(), span.start, ""));
+    let key = document.and_then(|document| key_at_table(document, offset, ""));
     match key {
         Some(key) => format!("{file}:{line}:{column}: {key}: {message}"),
         None => format!("{file}:{line}:{column}: {message}"),

@@ -4,6 +4,8 @@
 //! - [`broker`]: the MQTT broker: shards, sessions, routing, retained messages, wills.
 //! - [`bridge`]: the Kafka bridge: mappings from MQTT topic filters to Kafka topics and keys.
 //! - [`config`]: the broker's settings: defaults, then a TOML file, then flags; validated.
+//! - [`config_secrets`]: `${env:NAME}` and `${file:PATH}` values in the file, and keeping
+//!   secrets out of errors.
 //! - [`log_budget`]: at most one log line per interval for a failure that repeats.
 //! - [`metrics`]: per-shard snapshots merged for the Prometheus endpoint and `$SYS`.
 //! - [`protocol`]: the MQTT 3.1, 3.1.1 and 5.0 codec on `bytes`, server and client side.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod config_secrets;
 pub mod log_budget;
 pub mod metrics;
 pub mod port_owner;

@@ -370,3 +370,80 @@ fn malformed_flags_are_refused_before_load() {
         assert!(load_with(flags).is_err(), "{flags:?} accepted");
     }
 }
+
+/// Runs the `ferrymq` binary with `--config FILE` and the environment variables `vars` (and
+/// no RUST_LOG); its exit code and stderr.
+fn run_broker(file: &TempFile, vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferrymq"));
+    command
+        .arg("--config")
+        .arg(&file.path)
+        .env_remove("RUST_LOG");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run ferrymq");
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8 stderr");
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn a_missing_secret_variable_stops_the_broker_naming_key_and_variable() {
+    let file = TempFile::new(
+        "[kafka.clusters.main]\nbootstrap = \"k1:9092\"\n\
+         config = { \"sasl.password\" = \"${env:FERRYMQ_TEST_UNSET_PASSWORD}\" }\n",
+    );
+    let (code, stderr) = run_broker(&file, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ferrymq: config error: kafka.clusters.main.config.\"sasl.password\": \
+         ${env:FERRYMQ_TEST_UNSET_PASSWORD}: environment variable \
+         FERRYMQ_TEST_UNSET_PASSWORD is not set\n"
+    );
+}
+
+#[test]
+fn secret_values_never_reach_stderr() {
+    let file = TempFile::new("");
+    let password = "file-secret \"hunter2\"";
+    let password_file = file.dir.join("kafka-password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write secret");
+    let text = |bind: &str| {
+        format!(
+            "[broker]\nmetrics_bind = \"{bind}\"\n\
+             [kafka.clusters.main]\nbootstrap = \"${{env:FERRYMQ_TEST_BOOTSTRAP}}\"\n\
+             config = {{ \"sasl.password\" = \"${{file:{}}}\", \
+             \"ssl.key.password\" = \"literal-secret\" }}\n",
+            password_file.display()
+        )
+    };
+    let secrets = [password, "hunter2", "env-secret", "literal-secret"];
+    // A value of the wrong form, from a reference: the TOML error names key and reference.
+    std::fs::write(&file.path, text("${env:FERRYMQ_TEST_BIND}")).expect("rewrite config");
+    let vars = [
+        ("FERRYMQ_TEST_BIND", "env-secret"),
+        ("FERRYMQ_TEST_BOOTSTRAP", "k1:9092"),
+    ];
+    let (code, stderr) = run_broker(&file, &vars);
+    assert_eq!(code, Some(2), "{stderr}");
+    let expected = format!(
+        "ferrymq: config error: {}:2:16: broker.metrics_bind: ${{env:FERRYMQ_TEST_BIND}}: \
+         \"***\" is not an IP address and port\n",
+        file.path.display()
+    );
+    assert_eq!(stderr, expected);
+    // A value out of bounds, from a reference: the validation error names both.
+    std::fs::write(&file.path, text("127.0.0.1:0")).expect("rewrite config");
+    let vars = [("FERRYMQ_TEST_BOOTSTRAP", "env-secret")];
+    let (code, stderr) = run_broker(&file, &vars);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "ferrymq: config error: kafka.clusters.main.bootstrap: ${env:FERRYMQ_TEST_BOOTSTRAP}: \
+         \"***\" in \"***\" is not host:port\n"
+    );
+    for secret in secrets {
+        assert!(!stderr.contains(secret), "{secret:?} in {stderr:?}");
+    }
+}
