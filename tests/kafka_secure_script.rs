@@ -7,11 +7,13 @@
 //! The real start is skipped when no `scripts/kafka` Kafka answers (`scripts/kafka status`),
 //! as on a machine without Java or the Kafka jars.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+mod common;
+
+use common::kafka::free_port_run;
 
 fn script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
@@ -108,21 +110,6 @@ fn env_fails_in_one_line_unless_running_with_secure() {
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not running"), "{err}");
-}
-
-/// A port P with P+1 .. P+4 free too (controller, SSL, SASL_SSL, MTLS), below Linux's
-/// ephemeral range (32768..): there an outgoing connection made while Kafka starts (its own
-/// to its controller, the script's readiness checks) could take one of them first.
-fn free_port_run() -> u16 {
-    let seed = std::process::id()
-        ^ SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-    (0..2000u32)
-        .map(|i| 20_000 + ((seed.wrapping_add(i * 7919)) % 12_000) as u16)
-        .find(|&port| (0..=4).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()))
-        .expect("5 free ports in a row on 127.0.0.1 between 20000 and 32004")
 }
 
 /// `openssl s_client` to `addr` with `args`, stdin closed: true when the handshake

@@ -23,17 +23,38 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most often a cluster that does not answer is logged.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Keeps librdkafka's last error of the probe's client: the reason a cluster is not ready.
+/// Keeps librdkafka's errors of the probe's client since the last look (the distinct ones,
+/// a few): the reasons a cluster is not ready. The specific one (an authentication failure,
+/// a certificate not trusted) comes first; "all brokers down" follows it.
 #[derive(Default)]
 struct ProbeContext {
-    last_error: Mutex<Option<String>>,
+    errors: Mutex<Vec<String>>,
 }
+
+/// Events served after each probe, at most.
+const EVENTS_PER_PROBE: usize = 32;
+/// Distinct errors kept between two log lines.
+const ERRORS_KEPT: usize = 3;
 
 impl ClientContext for ProbeContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        *self.last_error.lock().expect("probe error") = Some(format!("{error} ({reason})"));
+        let text = format!("{error} ({reason})");
+        let mut errors = self.errors.lock().expect("probe errors");
+        if errors.len() < ERRORS_KEPT && !errors.contains(&text) {
+            errors.push(text);
+        }
     }
 }
+
+impl ProbeContext {
+    fn take_reason(&self) -> Option<String> {
+        let mut errors = self.errors.lock().expect("probe errors");
+        (!errors.is_empty()).then(|| std::mem::take(&mut *errors).join("; "))
+    }
+}
+
+/// How long a cluster that does not answer may stay unexplained before it is logged anyway.
+const REASON_WAIT: Duration = Duration::from_secs(6);
 
 impl ProducerContext for ProbeContext {
     type DeliveryOpaque = ();
@@ -72,32 +93,38 @@ pub fn spawn_probe(
                     generation = settings.generation();
                     match probe_client(&settings, index) {
                         Ok(new) => producer = new,
-                        Err(error) => warn!(cluster = %name, %error, "kafka.clusters.{name}: probe not remade: {error}"),
+                        Err(error) => {
+                            let error = settings.scrub(&error);
+                            warn!(cluster = %name, %error, "kafka.clusters.{name}: probe not remade: {error}")
+                        }
                     }
                 }
                 let answered = producer
                     .client()
                     .fetch_metadata(None, PROBE_TIMEOUT)
                     .is_ok();
-                // Serves librdkafka's error events into the context's last error.
-                producer.poll(Duration::ZERO);
+                // Serves librdkafka's error events (one per call, none waiting: at once) into
+                // the context's errors.
+                for _ in 0..EVENTS_PER_PROBE {
+                    producer.poll(Duration::ZERO);
+                }
                 let was_up = flag.swap(answered, Ordering::Relaxed);
                 if answered {
-                    producer.context().last_error.lock().expect("probe error").take();
+                    producer.context().take_reason();
                     if !was_up && logged.is_some() {
                         info!(cluster = %name, "kafka cluster {name} answers again");
                         logged = None;
                     }
-                } else if started.elapsed() >= PROBE_INTERVAL
-                    && logged.is_none_or(|at| at.elapsed() >= LOG_EVERY)
-                {
-                    let reason = producer
-                        .context()
-                        .last_error
-                        .lock()
-                        .expect("probe error")
-                        .clone()
-                        .unwrap_or_else(|| "no answer to a metadata request".to_string());
+                } else if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    let reason = match producer.context().take_reason() {
+                        Some(reason) => reason,
+                        None if started.elapsed() < REASON_WAIT => {
+                            thread::sleep(PROBE_INTERVAL);
+                            continue;
+                        }
+                        None => "no answer to a metadata request".to_string(),
+                    };
+                    let reason = settings.scrub(&reason);
                     warn!(cluster = %name, %reason, "kafka cluster {name} not ready: {reason}");
                     logged = Some(Instant::now());
                 }

@@ -12,13 +12,16 @@ use std::sync::Mutex;
 use rdkafka::config::ClientConfig;
 
 use super::producer::client_config;
-use crate::config::{BatchingConfig, ClusterConfig, Config};
+use crate::config::{scrub, BatchingConfig, ClusterConfig, Config};
 
 pub struct ClusterSettings {
     generation: AtomicU64,
     /// By cluster, in name order (as `Mappings::cluster_names`).
     clusters: Mutex<Vec<(String, ClusterConfig)>>,
     batching: BatchingConfig,
+    /// Values never to show (passwords, keys, anything from `${env:}`/`${file:}`):
+    /// librdkafka's messages may quote a property's value.
+    secrets: Mutex<Vec<String>>,
 }
 
 impl ClusterSettings {
@@ -27,7 +30,13 @@ impl ClusterSettings {
             generation: AtomicU64::new(0),
             clusters: Mutex::new(clusters_of(config)),
             batching: config.batching.clone(),
+            secrets: Mutex::new(config.secret_values()),
         }
+    }
+
+    /// `text` with every secret value of the settings masked.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, &self.secrets.lock().expect("secrets"))
     }
 
     /// Moves on each reload that changed a cluster's settings.
@@ -70,6 +79,13 @@ impl ClusterSettings {
             .map(|(old, _)| old.0.clone())
             .collect();
         if !changed.is_empty() {
+            // The old values stay masked too: a message may still quote them.
+            let mut secrets = self.secrets.lock().expect("secrets");
+            for value in config.secret_values() {
+                if !secrets.contains(&value) {
+                    secrets.push(value);
+                }
+            }
             *clusters = new;
             self.generation.fetch_add(1, Ordering::AcqRel);
         }

@@ -316,8 +316,9 @@ impl ShardBridge {
                 }
                 Err(error) => warn!(
                     cluster = %name,
-                    %error,
-                    "kafka.clusters.{name}: new settings refused by librdkafka, the old stay: {error}"
+                    error = %self.settings.scrub(&error),
+                    "kafka.clusters.{name}: new settings refused by librdkafka, the old stay: {}",
+                    self.settings.scrub(&error)
                 ),
             }
         }

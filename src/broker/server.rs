@@ -282,7 +282,7 @@ fn metrics_board(
         let up = health::spawn_probe(name, index, settings.clone()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("kafka.clusters.{name}.config: {e}"),
+                format!("kafka.clusters.{name}.config: {}", settings.scrub(&e)),
             )
         })?;
         kafka_up.push(up);
@@ -382,7 +382,7 @@ fn start_kafka_producers(
                     .map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("kafka.clusters.{name}.config: {e}"),
+                        format!("kafka.clusters.{name}.config: {}", settings.scrub(&e)),
                     )
                 })?;
             producers.push(producer);

@@ -216,6 +216,22 @@ pub fn free_port_pair() -> u16 {
     }
 }
 
+/// A port P with P+1 .. P+4 free too (controller, SSL, SASL_SSL, MTLS of
+/// `scripts/kafka --secure`), below Linux's ephemeral range (32768..): there an outgoing
+/// connection made while Kafka starts (its own to its controller, the script's readiness
+/// checks) could take one of them first.
+pub fn free_port_run() -> u16 {
+    let seed = std::process::id()
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    (0..2000u32)
+        .map(|i| 20_000 + ((seed.wrapping_add(i * 7919)) % 12_000) as u16)
+        .find(|&port| (0..=4).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()))
+        .expect("5 free ports in a row on 127.0.0.1 between 20000 and 32004")
+}
+
 fn script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
 }
@@ -239,6 +255,39 @@ impl ExtraKafka {
         kafka
     }
 
+    /// Starts instance `name` with `--secure`: besides PLAINTEXT on its port, SSL on +2,
+    /// SASL_SSL (SCRAM, PLAIN) on +3 and mTLS on +4, certificates made by the script.
+    pub fn start_secure(name: &str) -> ExtraKafka {
+        let kafka = ExtraKafka {
+            name: name.to_string(),
+            port: free_port_run(),
+        };
+        kafka.run("stop");
+        kafka.run_with(&["restart", "--secure"]);
+        kafka
+    }
+
+    /// What `scripts/kafka env` prints for this (secure) instance: FERRYMQ_KAFKA_SSL_BOOTSTRAP,
+    /// FERRYMQ_KAFKA_CA, FERRYMQ_KAFKA_SCRAM_PASSWORD, ...
+    pub fn env(&self) -> HashMap<String, String> {
+        let output = Command::new(script())
+            .args([
+                "env",
+                "--name",
+                &self.name,
+                "--port",
+                &self.port.to_string(),
+            ])
+            .output()
+            .expect("run scripts/kafka env");
+        assert!(output.status.success(), "scripts/kafka env: {output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -260,9 +309,15 @@ impl ExtraKafka {
 
     /// `scripts/kafka CMD --name NAME --port PORT`; fails the test if the script does.
     pub fn run(&self, cmd: &str) {
+        self.run_with(&[cmd]);
+    }
+
+    /// `scripts/kafka ARGS... --name NAME --port PORT`; fails the test if the script does.
+    pub fn run_with(&self, args: &[&str]) {
+        let cmd = args.join(" ");
         let started = Instant::now();
         let output = Command::new(script())
-            .arg(cmd)
+            .args(args)
             .args(["--name", &self.name, "--port", &self.port.to_string()])
             .output()
             .expect("run scripts/kafka");

@@ -86,24 +86,30 @@ impl Broker {
     /// Starts `ferrymq` with `args` after `--listen` and `--cores`, and waits until it
     /// accepts connections.
     pub fn start_with(args: &[&str]) -> Broker {
-        Broker::start_inner(args, false, None, None)
+        Broker::start_inner(args, false, None, None, &[])
     }
 
     /// [`Broker::start_with`] on a given port (a restart on the port of a stopped broker).
     pub fn start_on(port: u16, args: &[&str]) -> Broker {
-        Broker::start_inner(args, false, None, Some(port))
+        Broker::start_inner(args, false, None, Some(port), &[])
     }
 
     /// [`Broker::start_with`], keeping what the broker writes to stderr for
     /// [`Broker::stderr_text`].
     pub fn start_capturing_stderr(args: &[&str]) -> Broker {
-        Broker::start_inner(args, true, None, None)
+        Broker::start_inner(args, true, None, None, &[])
     }
 
     /// [`Broker::start_capturing_stderr`] with its open-files limit (RLIMIT_NOFILE, soft
     /// and hard) set to `open_files` before it runs.
     pub fn start_with_open_files_limit(args: &[&str], open_files: u64) -> Broker {
-        Broker::start_inner(args, true, Some(open_files), None)
+        Broker::start_inner(args, true, Some(open_files), None, &[])
+    }
+
+    /// [`Broker::start_capturing_stderr`] with environment variables (`${env:NAME}` values
+    /// of its config, say).
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Broker {
+        Broker::start_inner(args, true, None, None, envs)
     }
 
     fn start_inner(
@@ -111,9 +117,11 @@ impl Broker {
         capture_stderr: bool,
         open_files: Option<u64>,
         port: Option<u16>,
+        envs: &[(&str, &str)],
     ) -> Broker {
         let port = port.unwrap_or_else(free_port);
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
+        command.envs(envs.iter().copied());
         if let Some(limit) = open_files {
             use std::os::unix::process::CommandExt;
             // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
@@ -338,6 +346,22 @@ pub const MOSQUITTO_STEP: Duration = Duration::from_secs(20);
 /// returns its exit status and its output (stdout, then stderr). Fails the test if it runs
 /// longer than [`MOSQUITTO_STEP`].
 pub fn mosquitto_pub(port: u16, args: &[&str], lines: &[String]) -> (ExitStatus, String) {
+    match mosquitto_pub_within(port, args, lines, MOSQUITTO_STEP) {
+        (Some(status), output) => (status, output),
+        (None, output) => {
+            panic!("mosquitto_pub {args:?} did not finish within {MOSQUITTO_STEP:?}: {output}")
+        }
+    }
+}
+
+/// [`mosquitto_pub`], stopped (no status) if it runs longer than `limit`: a PUBACK that does
+/// not come, say. The output is what it wrote until then.
+pub fn mosquitto_pub_within(
+    port: u16,
+    args: &[&str],
+    lines: &[String],
+    limit: Duration,
+) -> (Option<ExitStatus>, String) {
     let mut child = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -360,15 +384,15 @@ pub fn mosquitto_pub(port: u16, args: &[&str], lines: &[String]) -> (ExitStatus,
     };
     let stdout = reader(Box::new(child.stdout.take().unwrap()));
     let stderr = reader(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + MOSQUITTO_STEP;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            break Some(status);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("mosquitto_pub {args:?} did not finish within {MOSQUITTO_STEP:?}");
+            break None;
         }
         thread::sleep(Duration::from_millis(20));
     };
