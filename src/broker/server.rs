@@ -18,7 +18,8 @@ use crate::bridge::health;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::producer::{is_refused_for_good, KafkaProducer};
 use crate::bridge::settings::ClusterSettings;
-use crate::bridge::shard_bridge::{self, PendingAck, ShardBridge};
+use crate::bridge::shard_bridge::{self, PendingAck, RefusedReason, ShardBridge};
+use crate::config::OnRefused;
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::{self, Board, MappingLabel, ShardSnapshot, SpoolSnapshot};
 use crate::protocol::{MqttStr, Packet, PubAck, PubRec, PublishProperties, QoS, ReasonCode};
@@ -983,6 +984,22 @@ async fn sys_loop(shard: ShardRef) {
                 format!("{prefix}/dropped_ring_full"),
                 counters.dropped_ring_full.to_string(),
             ));
+            topics.push((
+                format!("{prefix}/dead_lettered"),
+                counters.dead_lettered.to_string(),
+            ));
+            // Records refused for good: one topic per reason and what became of them.
+            for reason in RefusedReason::ALL {
+                for action in OnRefused::ALL {
+                    let count = counters.refused[reason as usize][action.index()];
+                    if count > 0 {
+                        topics.push((
+                            format!("{prefix}/refused/{}/{}", reason.as_str(), action.as_str()),
+                            count.to_string(),
+                        ));
+                    }
+                }
+            }
         }
         for (name, value) in total.fields() {
             topics.push((
