@@ -14,10 +14,21 @@
 //!   --quick             fewer messages          --write   update BENCHMARKS.md
 //!   --json FILE         also write every run's figures as JSON (scripts/bench reads it)
 //!   --sweep             batching settings table for tuning.md (QoS 1 and latency only)
+//!   --bootstrap HOST:PORT  Kafka (default $FERRYMQ_KAFKA_BOOTSTRAP, else 127.0.0.1:9092)
+//!   --kafka-config KEY=VALUE  a librdkafka property (repeatable) for every Kafka client:
+//!                       the broker's (its cluster's `config` table), the bench's topic admin
+//!                       and read-back, the bare client; e.g. security.protocol=SASL_SSL,
+//!                       sasl.mechanism=SCRAM-SHA-512, sasl.username=NAME,
+//!                       sasl.password=${file:PATH}, ssl.ca.location=PATH,
+//!                       compression.type=zstd. ${env:NAME} is an environment variable,
+//!                       ${file:PATH} a file's content without its final newline; values of
+//!                       keys holding password/secret/token and values read so are never
+//!                       printed. Not bootstrap.servers (that is --bootstrap). Checked by
+//!                       librdkafka before anything starts (exit 2 if refused)
 //!
 //! Each run starts the release `ferrymq` binary (cargo builds it for benches:
-//! `CARGO_BIN_EXE_ferrymq`) with a generated config: one cluster on
-//! `$FERRYMQ_KAFKA_BOOTSTRAP` (default 127.0.0.1:9092), one mapping `bench/#` → a Kafka topic
+//! `CARGO_BIN_EXE_ferrymq`) with a generated config: one cluster on `--bootstrap` with the
+//! `--kafka-config` properties as its `config`, one mapping `bench/#` → a Kafka topic
 //! unique to the run (created with one partition before the broker starts, deleted after),
 //! `key = "{client_id}"`, default headers, `ack = "kafka"`; `--metrics` on a free port and
 //! `--sys-interval-secs 0`. Clients are written on ferrymq's own codec over blocking std
@@ -45,9 +56,17 @@
 //! is part of what limits the broker. `FERRYMQ_BENCH_DEBUG=1` prints the broker's own
 //! publish → Kafka acknowledgement quantiles after each run.
 
+// The loadgen's `--kafka-config` parser, shared source (it needs only std and rdkafka). Its
+// unit tests run in the loadgen and the bench bridge: without a test harness here
+// (harness = false) they are compiled but not run, and their helpers would be dead code.
+#[cfg_attr(test, allow(dead_code))]
+#[path = "../loadgen/src/kafka_config.rs"]
+mod kafka_config;
+
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +90,8 @@ use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::ClientContext;
+
+use kafka_config::KafkaConfig;
 
 const PAYLOAD_BYTES: usize = 150;
 const PROTOCOL: Protocol = Protocol::V3_1_1;
@@ -105,6 +126,10 @@ struct Options {
     quick: bool,
     sweep: bool,
     json: Option<PathBuf>,
+    /// Kafka's bootstrap servers, for the broker and the bench's own clients.
+    bootstrap: String,
+    /// `--kafka-config`: set on every Kafka client, the broker's included.
+    kafka_config: KafkaConfig,
 }
 
 impl Options {
@@ -126,7 +151,11 @@ impl Options {
             quick: false,
             sweep: false,
             json: None,
+            bootstrap: std::env::var("FERRYMQ_KAFKA_BOOTSTRAP")
+                .unwrap_or_else(|_| "127.0.0.1:9092".into()),
+            kafka_config: KafkaConfig::default(),
         };
+        let mut kafka_config = Vec::new();
         let mut args = std::env::args().skip(1);
         fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
             let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -155,6 +184,8 @@ impl Options {
                 "--quick" => o.quick = true,
                 "--sweep" => o.sweep = true,
                 "--json" => o.json = Some(value(&arg, args.next())?),
+                "--bootstrap" => o.bootstrap = value(&arg, args.next())?,
+                "--kafka-config" => kafka_config.push(value(&arg, args.next())?),
                 "-h" | "--help" => {
                     let text = include_str!("mqtt_to_kafka.rs");
                     for line in text.lines().take_while(|l| l.starts_with("//!")) {
@@ -175,6 +206,11 @@ impl Options {
         if o.window >= 65_535 {
             return Err("--window must be below 65535 (packet identifiers)".into());
         }
+        if o.bootstrap.trim().is_empty() {
+            return Err("--bootstrap: must name at least one HOST:PORT".into());
+        }
+        o.kafka_config = KafkaConfig::parse(&kafka_config, "--bootstrap")?;
+        o.kafka_config.check()?;
         Ok(o)
     }
 
@@ -226,10 +262,6 @@ impl Options {
     }
 }
 
-fn bootstrap() -> String {
-    std::env::var("FERRYMQ_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -259,16 +291,32 @@ struct Kafka {
 }
 
 impl Kafka {
-    fn connect(bootstrap: &str) -> Kafka {
+    fn connect(options: &Options) -> Kafka {
+        let (bootstrap, kafka_config) = (&options.bootstrap, &options.kafka_config);
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
-        let admin: AdminClient<DefaultClientContext> =
-            config.create().expect("create Kafka admin client");
-        let probe: BaseProducer = config.create().expect("create Kafka probe client");
+        kafka_config.apply(&mut config);
+        let create_error = |what: &str, e: KafkaError| {
+            format!(
+                "create Kafka {what}: {}",
+                kafka_config.redact(&e.to_string())
+            )
+        };
+        let admin: AdminClient<DefaultClientContext> = config
+            .create()
+            .unwrap_or_else(|e| panic!("{}", create_error("admin client", e)));
+        let probe: BaseProducer = config
+            .create()
+            .unwrap_or_else(|e| panic!("{}", create_error("probe client", e)));
         if let Err(e) = probe.client().fetch_metadata(None, Duration::from_secs(10)) {
             panic!(
-                "Kafka at {bootstrap} does not answer ({e}). Run `scripts/kafka start` or set \
-                 FERRYMQ_KAFKA_BOOTSTRAP."
+                "Kafka at {bootstrap} does not answer ({e}). Run `scripts/kafka start`, or give \
+                 --bootstrap (or set FERRYMQ_KAFKA_BOOTSTRAP){}.",
+                if kafka_config.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and check --kafka-config {}", kafka_config.describe())
+                }
             );
         }
         Kafka { admin, probe }
@@ -338,16 +386,42 @@ impl Broker {
     fn start(options: &Options, topic: &str) -> Broker {
         let port = free_port();
         let metrics_port = free_port();
+        let properties: BTreeMap<String, String> = options
+            .kafka_config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let table: Vec<String> = properties
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_string(k), toml_string(v)))
+            .collect();
         let config = format!(
             "[[listener]]\nbind = \"127.0.0.1:{port}\"\n\n\
-             [kafka.clusters.bench]\nbootstrap = \"{}\"\n\n\
+             [kafka.clusters.bench]\nbootstrap = {}\nconfig = {{ {} }}\n\n\
              [[kafka.mapping]]\nmqtt = \"bench/#\"\ncluster = \"bench\"\ntopic = \"{topic}\"\n\
              key = \"{{client_id}}\"\nack = \"{}\"\n",
-            bootstrap(),
+            toml_string(&options.bootstrap),
+            table.join(", "),
             options.ack
         );
+        // The broker must read back exactly what was given (never printed: it may hold
+        // secrets).
+        let read_back = ferrymq::config::Config::from_toml(&config, "generated")
+            .ok()
+            .and_then(|c| c.kafka.clusters.get("bench").map(|c| c.config.clone()));
+        assert!(
+            read_back.as_ref() == Some(&properties),
+            "the generated broker config does not hold --kafka-config as given"
+        );
         let config_path = std::env::temp_dir().join(format!("ferrymq-bench-{}.toml", unique()));
-        std::fs::write(&config_path, config).expect("write the broker config");
+        // Owner only: it may hold --kafka-config secrets.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config_path)
+            .and_then(|mut file| file.write_all(config.as_bytes()))
+            .expect("write the broker config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
             .arg("--config")
             .arg(&config_path)
@@ -433,6 +507,25 @@ impl Drop for Broker {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// `text` as a TOML basic string, quotes included.
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -872,7 +965,12 @@ fn bare_client(
     latency_count: usize,
     options: &Options,
 ) -> BareResult {
-    let config = client_config(&bootstrap(), &BTreeMap::new());
+    let properties: BTreeMap<String, String> = options
+        .kafka_config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = client_config(&options.bootstrap, &properties);
     let producer: ThreadedProducer<BareContext> = config
         .create_with_context(BareContext {
             delivered: AtomicU64::new(0),
@@ -881,7 +979,12 @@ fn bare_client(
             latency_us: Mutex::new(new_histogram()),
             recording: AtomicBool::new(false),
         })
-        .expect("create the bare producer");
+        .unwrap_or_else(|e| {
+            panic!(
+                "create the bare producer: {}",
+                options.kafka_config.redact(&e.to_string())
+            )
+        });
     let epoch = producer.context().epoch;
     let ids = client_ids("q1", options.connections, options.shards());
     let mqtt_topics: Vec<String> = ids.iter().map(|id| format!("bench/{id}")).collect();
@@ -1441,13 +1544,22 @@ fn header(options: &Options) -> String {
             " (with uncommitted changes)"
         };
     let batching = options.batching_args();
+    let kafka = format!(
+        "4.3.1 (scripts/kafka, same host, at {}{})",
+        options.bootstrap,
+        if options.kafka_config.is_empty() {
+            String::new()
+        } else {
+            format!(", --kafka-config {}", options.kafka_config.describe())
+        }
+    );
     format!(
         "Measured {} at commit {commit}{dirty} on {cpu}, {cpus} cores shared by the broker \
          ({} shards), Kafka {} and the bench clients; Linux {}. {} runs of {} messages \
          ({} connections, window {}), broker flags: {}.",
         command_output("date", &["-u", "+%Y-%m-%d"]),
         options.shards(),
-        "4.3.1 (scripts/kafka, same host)",
+        kafka,
         command_output("uname", &["-r"]),
         options.runs,
         thousands(options.messages as f64),
@@ -1561,7 +1673,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let kafka = Kafka::connect(&bootstrap());
+    let kafka = Kafka::connect(&options);
     if options.sweep {
         sweep(&options, &kafka);
         return;

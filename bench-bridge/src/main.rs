@@ -51,6 +51,12 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode,
 };
 
+// The loadgen's `--kafka-config` parser, shared source (it needs only std and rdkafka).
+#[path = "../../loadgen/src/kafka_config.rs"]
+mod kafka_config;
+
+use kafka_config::KafkaConfig;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -75,7 +81,8 @@ const MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// Every --stats-interval-secs it prints the counters to stderr. On SIGTERM or SIGINT it
 /// disconnects from MQTT, flushes the producer for at most 5 s, prints the final counters
 /// as one JSON line on stdout (received, delivered, dropped_queue_full, delivery_failed,
-/// undelivered_at_exit) and exits 0. Exit status 2: bad flags or -X properties.
+/// undelivered_at_exit) and exits 0. Exit status 2: bad flags or -X/--kafka-config
+/// properties.
 #[derive(Parser, Debug)]
 #[command(name = "ferrymq-bench-bridge", version)]
 struct Args {
@@ -98,10 +105,18 @@ struct Args {
     /// Kafka topic every message is produced to.
     #[arg(long)]
     topic: String,
-    /// librdkafka producer property, e.g. -X linger.ms=20 (repeatable). Applied after
-    /// bootstrap.servers; everything not set keeps librdkafka's default.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    kafka_config: Vec<(String, String)>,
+    /// librdkafka producer property (repeatable), e.g. -X linger.ms=20, or for a secured
+    /// Kafka security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512, sasl.username=NAME,
+    /// sasl.password=${env:KAFKA_PASSWORD}, ssl.ca.location=ca.pem,
+    /// ssl.certificate.location=client.pem, ssl.key.location=client.key,
+    /// compression.type=zstd. Applied after bootstrap.servers; not bootstrap.servers itself
+    /// (that is --kafka); everything not set keeps librdkafka's default. A value written
+    /// ${env:NAME} is that environment variable, ${file:PATH} that file's content without its
+    /// final newline. Checked by librdkafka at start (exit 2 if refused); values of keys
+    /// holding password, secret or token, and values read from ${env:}/${file:}, are never
+    /// printed.
+    #[arg(short = 'X', long = "kafka-config", value_name = "KEY=VALUE")]
+    kafka_config: Vec<String>,
     /// Seconds between two counter lines on stderr; 0 turns them off.
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     stats_interval_secs: u64,
@@ -119,13 +134,6 @@ fn parse_host_port(text: &str) -> Result<(String, u16), String> {
         .parse::<u16>()
         .map_err(|e| format!("bad port in {text:?}: {e}"))?;
     Ok((host.to_string(), port))
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
-    }
 }
 
 /// The bridge's counters, shared by the MQTT task, the producer's delivery callback (on
@@ -218,12 +226,14 @@ impl ProducerContext for BridgeContext {
 // would just be this with more allocation.
 type KafkaProducer = ThreadedProducer<BridgeContext>;
 
-fn create_producer(args: &Args, counters: Arc<Counters>) -> Result<KafkaProducer, KafkaError> {
+fn create_producer(
+    args: &Args,
+    kafka_config: &KafkaConfig,
+    counters: Arc<Counters>,
+) -> Result<KafkaProducer, KafkaError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.kafka);
-    for (key, value) in &args.kafka_config {
-        config.set(key, value);
-    }
+    kafka_config.apply(&mut config);
     config.create_with_context(BridgeContext {
         counters,
         delivery_errors: RateLimitedLog::new("kafka delivery failed"),
@@ -363,11 +373,23 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let kafka_config = match KafkaConfig::parse(&args.kafka_config, "--kafka")
+        .and_then(|config| config.check().map(|()| config))
+    {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("bench-bridge: {message}");
+            std::process::exit(2);
+        }
+    };
     let counters = Arc::new(Counters::default());
-    let producer = match create_producer(&args, Arc::clone(&counters)) {
+    let producer = match create_producer(&args, &kafka_config, Arc::clone(&counters)) {
         Ok(producer) => producer,
         Err(error) => {
-            eprintln!("bench-bridge: cannot create the Kafka producer: {error}");
+            eprintln!(
+                "bench-bridge: cannot create the Kafka producer: {}",
+                kafka_config.redact(&error.to_string())
+            );
             std::process::exit(2);
         }
     };
@@ -379,8 +401,17 @@ async fn main() {
     });
     let mut mqtt = Mqtt::new(&args);
     eprintln!(
-        "bench-bridge: MQTT {}:{} filter {:?} → Kafka {} topic {:?}",
-        args.mqtt.0, args.mqtt.1, args.filter, args.kafka, args.topic
+        "bench-bridge: MQTT {}:{} filter {:?} → Kafka {} topic {:?}{}",
+        args.mqtt.0,
+        args.mqtt.1,
+        args.filter,
+        args.kafka,
+        args.topic,
+        if kafka_config.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kafka_config.describe())
+        }
     );
 
     // The stats line runs on its own task so that the MQTT loop below is only ever
@@ -436,4 +467,39 @@ async fn main() {
     let undelivered = bridge.producer.in_flight_count();
     eprintln!("{}", bridge.stats_line());
     println!("{}", bridge.final_json(undelivered));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn kafka_config_flags_accumulate_under_both_spellings() {
+        let args = Args::try_parse_from([
+            "ferrymq-bench-bridge",
+            "--topic",
+            "t",
+            "-X",
+            "linger.ms=20",
+            "--kafka-config",
+            "security.protocol=SSL",
+            "--kafka-config=compression.type=zstd",
+        ])
+        .unwrap();
+        let config = KafkaConfig::parse(&args.kafka_config, "--kafka").unwrap();
+        assert_eq!(config.check(), Ok(()));
+        let mut client = ClientConfig::new();
+        config.apply(&mut client);
+        assert_eq!(client.get("linger.ms"), Some("20"));
+        assert_eq!(client.get("security.protocol"), Some("SSL"));
+        assert_eq!(client.get("compression.type"), Some("zstd"));
+        let error = KafkaConfig::parse(&["bootstrap.servers=h:1".into()], "--kafka").unwrap_err();
+        assert!(error.ends_with("the brokers are set by --kafka"), "{error}");
+    }
 }

@@ -7,6 +7,8 @@
 //! - [`engine`]: one shard per CPU driving its devices; [`device`]: one device's state
 //!   machine over the broker's codec;
 //! - [`verify`]: the Kafka consumer and the subscription check;
+//! - [`kafka_config`]: `--kafka-config KEY=VALUE`, librdkafka properties for every Kafka
+//!   client (a secured Kafka: TLS, SASL);
 //! - [`probe`]: Kafka warmed up before the clock starts, and its own produce latency
 //!   measured during the run;
 //! - [`report`]: counters, progress line, latency histograms, the report and its JSON;
@@ -25,6 +27,7 @@
 
 mod device;
 mod engine;
+mod kafka_config;
 mod net;
 mod preflight;
 mod probe;
@@ -43,6 +46,7 @@ use std::time::Duration;
 use clap::Parser;
 use ferrymq::protocol::{Protocol, QoS};
 
+use crate::kafka_config::KafkaConfig;
 use crate::scenario::{KafkaVerify, QosMix, Scenario, Template, PAYLOAD_HEADER_BYTES};
 
 #[global_allocator]
@@ -183,8 +187,21 @@ struct Args {
     /// the time from the earliest send of one of them to the last one's arrival, which is
     /// the record's LogAppendTime where the topic uses it (see --kafka-create-topics), else
     /// the moment the consumer read it.
-    #[arg(long)]
+    #[arg(long, value_name = "BOOTSTRAP")]
     verify_kafka: Option<String>,
+    /// With --verify-kafka, a librdkafka property for each of the loadgen's Kafka clients
+    /// (the consumer, the probe producer and the admin client that creates topics), e.g.
+    /// security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512, sasl.username=NAME,
+    /// sasl.password=${env:KAFKA_PASSWORD}, ssl.ca.location=ca.pem,
+    /// ssl.certificate.location=client.pem, ssl.key.location=client.key or
+    /// compression.type=zstd. Repeatable; set after the loadgen's own settings, so it wins
+    /// over them; not bootstrap.servers (that is --verify-kafka). A value written
+    /// ${env:NAME} is that environment variable, ${file:PATH} that file's content without
+    /// its final newline. Checked by librdkafka before the run (exit 2 if refused); values
+    /// of keys holding password, secret or token, and values read from ${env:}/${file:},
+    /// are never printed.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_config: Vec<String>,
     /// Kafka topic(s) the broker maps the messages to (comma-separated).
     #[arg(long, value_delimiter = ',')]
     kafka_topic: Vec<String>,
@@ -326,6 +343,9 @@ fn check(args: &Args) -> Result<(), String> {
     }
     if args.per_device.is_some() && args.verify_kafka.is_none() {
         return Err("--per-device: needs --verify-kafka".into());
+    }
+    if !args.kafka_config.is_empty() && args.verify_kafka.is_none() {
+        return Err("--kafka-config: needs --verify-kafka".into());
     }
     if !args.tls {
         for (given, flag) in [
@@ -483,14 +503,18 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
                 .unwrap_or(u64::from(args.devices) * CHURN_IDS_PER_SLOT_DEFAULT)
         }),
         drain: Duration::from_secs(args.drain_secs.max(1)),
-        verify: args.verify_kafka.as_ref().map(|bootstrap| KafkaVerify {
-            bootstrap: bootstrap.clone(),
-            topics: args.kafka_topic.clone(),
-            timeout: Duration::from_secs(args.verify_timeout_secs),
-            create_partitions: args.kafka_create_topics,
-            warmup_timeout: Duration::from_secs(args.kafka_warmup_timeout),
-            probe_topic: args.kafka_probe_topic.clone(),
-        }),
+        verify: match &args.verify_kafka {
+            Some(bootstrap) => Some(KafkaVerify {
+                bootstrap: bootstrap.clone(),
+                config: kafka_config_of(args)?,
+                topics: args.kafka_topic.clone(),
+                timeout: Duration::from_secs(args.verify_timeout_secs),
+                create_partitions: args.kafka_create_topics,
+                warmup_timeout: Duration::from_secs(args.kafka_warmup_timeout),
+                probe_topic: args.kafka_probe_topic.clone(),
+            }),
+            None => None,
+        },
         json: args.json.clone(),
         per_device_csv: args.per_device.clone(),
         broker_pids: args.broker_pid.clone(),
@@ -510,6 +534,13 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
             None
         },
     })
+}
+
+/// `--kafka-config`: parsed, references read, each property checked by librdkafka.
+fn kafka_config_of(args: &Args) -> Result<KafkaConfig, String> {
+    let config = KafkaConfig::parse(&args.kafka_config, "--verify-kafka")?;
+    config.check()?;
+    Ok(config)
 }
 
 /// `--tls-server-name`'s default: the host of -h, or of the first --targets entry.
@@ -697,6 +728,59 @@ mod tests {
             );
         }
         assert!(check(&parse(&["-t", "d/%c/up"])).is_ok());
+    }
+
+    #[test]
+    fn kafka_config_reaches_the_verification_and_needs_it() {
+        let args = Args::try_parse_from([
+            "ferrymq-loadgen",
+            "--verify-kafka",
+            "127.0.0.1:9495",
+            "--kafka-topic",
+            "t",
+            "--kafka-config",
+            "security.protocol=SASL_SSL",
+            "--kafka-config",
+            "sasl.mechanism=SCRAM-SHA-512",
+            "--kafka-config=sasl.username=ferrymq",
+            "--kafka-config",
+            "sasl.password=not-shown",
+            "--kafka-config",
+            "compression.type=zstd",
+        ])
+        .unwrap();
+        assert!(check(&args).is_ok());
+        let scenario = scenario_of(&args).unwrap();
+        let verify = scenario.verify.as_ref().unwrap();
+        assert_eq!(verify.config.iter().count(), 5);
+        let config = verify::client_config(verify, rdkafka::config::ClientConfig::new());
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9495"));
+        assert_eq!(config.get("sasl.password"), Some("not-shown"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        let described = run::describe(&scenario);
+        assert!(
+            described.contains("security.protocol=SASL_SSL") && !described.contains("not-shown"),
+            "{described}"
+        );
+        assert!(!format!("{scenario:?}").contains("not-shown"));
+
+        let without = Args::try_parse_from(["ferrymq-loadgen", "--kafka-config", "a=b"]).unwrap();
+        assert_eq!(
+            check(&without).unwrap_err(),
+            "--kafka-config: needs --verify-kafka"
+        );
+        let malformed = Args::try_parse_from([
+            "ferrymq-loadgen",
+            "--verify-kafka",
+            "k:9092",
+            "--kafka-topic",
+            "t",
+            "--kafka-config",
+            "linger.ms",
+        ])
+        .unwrap();
+        let error = scenario_of(&malformed).unwrap_err();
+        assert!(error.starts_with("--kafka-config "), "{error}");
     }
 
     #[test]

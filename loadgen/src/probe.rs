@@ -29,7 +29,9 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use crate::report::{latency_histogram, record_latency, KafkaProbeFigures, Latency};
 use crate::scenario::KafkaVerify;
-use crate::verify::{create_missing, create_missing_topics, partitions};
+use crate::verify::{
+    client_config, client_error, create_missing, create_missing_topics, partitions,
+};
 
 pub const PROBE_TOPIC_DEFAULT: &str = "ferrymq-loadgen-probe";
 /// One probe record this often during the run.
@@ -105,8 +107,8 @@ impl KafkaProbe {
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
         };
-        let producer: ThreadedProducer<ProbeContext> = ClientConfig::new()
-            .set("bootstrap.servers", &verify.bootstrap)
+        let mut config = ClientConfig::new();
+        config
             .set("client.id", "ferrymq-loadgen-probe")
             // Asking for a topic's metadata must not create it.
             .set("allow.auto.create.topics", "false")
@@ -115,16 +117,17 @@ impl KafkaProbe {
             // Each record goes out at once: the round trip is Kafka's, not a batch wait.
             .set("linger.ms", "0")
             // A Kafka that stalls shows as slow probes, not as failed ones.
-            .set("message.timeout.ms", "0")
+            .set("message.timeout.ms", "0");
+        let producer: ThreadedProducer<ProbeContext> = client_config(verify, config)
             .create_with_context(context)
-            .map_err(|e| format!("--verify-kafka: create the probe producer: {e}"))?;
+            .map_err(|e| client_error(verify, "--verify-kafka: create the probe producer", e))?;
         let client = producer.client();
         if let Some(count) = verify.create_partitions {
             create_missing_topics(client, verify, count)?;
         }
         create_missing(
             client,
-            &verify.bootstrap,
+            verify,
             &[verify.probe_topic.as_str()],
             1,
             false,

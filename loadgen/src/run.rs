@@ -116,6 +116,9 @@ pub fn describe(scenario: &Scenario) -> String {
         },
         scenario.cores.len()
     ));
+    if let Some(verify) = scenario.verify.as_ref().filter(|v| !v.config.is_empty()) {
+        text.push_str(&format!(", Kafka: {}", verify.config.describe()));
+    }
     text
 }
 

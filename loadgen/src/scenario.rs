@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use ferrymq::protocol::{Protocol, QoS};
 
+use crate::kafka_config::KafkaConfig;
+
 /// Device number (8 bytes), sequence number (8 bytes) and send time in microseconds since
 /// the Unix epoch (8 bytes), big-endian, at the start of every payload.
 pub const PAYLOAD_HEADER_BYTES: usize = 24;
@@ -223,6 +225,8 @@ pub fn mix64(mut x: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct KafkaVerify {
     pub bootstrap: String,
+    /// `--kafka-config`: set on every Kafka client, after the loadgen's own properties.
+    pub config: KafkaConfig,
     pub topics: Vec<String>,
     pub timeout: Duration,
     /// Create missing topics with this many partitions and LogAppendTime timestamps.

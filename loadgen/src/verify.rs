@@ -20,6 +20,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -231,8 +232,8 @@ struct Reader {
 
 impl Reader {
     fn open(verify: &KafkaVerify) -> Result<Reader, String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &verify.bootstrap)
+        let mut config = ClientConfig::new();
+        config
             .set(
                 "group.id",
                 format!("ferrymq-loadgen-verify-{}-{}", std::process::id(), now_us()),
@@ -244,9 +245,10 @@ impl Reader {
             .set("fetch.wait.max.ms", "20")
             // Prefetch less than librdkafka's 64 MiB default: the consumer lives in the
             // process whose memory per device the report measures.
-            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.max.messages.kbytes", "8192");
+        let consumer: BaseConsumer = client_config(verify, config)
             .create()
-            .map_err(|e| format!("--verify-kafka: create the consumer: {e}"))?;
+            .map_err(|e| client_error(verify, "--verify-kafka: create the consumer", e))?;
         if let Some(count) = verify.create_partitions {
             create_missing_topics(consumer.client(), verify, count)?;
         }
@@ -516,6 +518,26 @@ fn tally(
     }
 }
 
+/// A Kafka client's configuration: --verify-kafka's brokers, the loadgen's own properties
+/// for that client (`own`), then --kafka-config's, which win.
+pub fn client_config(verify: &KafkaVerify, own: ClientConfig) -> ClientConfig {
+    let mut config = own;
+    config.set("bootstrap.servers", &verify.bootstrap);
+    verify.config.apply(&mut config);
+    config
+}
+
+/// One line on a client librdkafka could not make, without --kafka-config's secrets.
+pub fn client_error(verify: &KafkaVerify, what: &str, error: KafkaError) -> String {
+    let text = format!("{what}: {error}");
+    let text = verify.config.redact(&text);
+    if verify.config.is_empty() {
+        text
+    } else {
+        format!("{text} (--kafka-config {})", verify.config.describe())
+    }
+}
+
 /// `--kafka-create-topics`: creates the topics that do not exist yet, with Kafka's
 /// append time as record timestamp, so that publish→Kafka is measured to the moment the
 /// broker stored the record; then waits until each has a leader.
@@ -527,7 +549,7 @@ pub fn create_missing_topics<C: ClientContext>(
     let topics: Vec<&str> = verify.topics.iter().map(String::as_str).collect();
     create_missing(
         client,
-        &verify.bootstrap,
+        verify,
         &topics,
         count,
         true,
@@ -540,7 +562,7 @@ pub fn create_missing_topics<C: ClientContext>(
 /// the error messages.
 pub fn create_missing<C: ClientContext>(
     client: &Client<C>,
-    bootstrap: &str,
+    verify: &KafkaVerify,
     topics: &[&str],
     count: i32,
     log_append_time: bool,
@@ -555,10 +577,9 @@ pub fn create_missing<C: ClientContext>(
     if missing.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let admin: AdminClient<DefaultClientContext> = client_config(verify, ClientConfig::new())
         .create()
-        .map_err(|e| format!("{flag}: admin client: {e}"))?;
+        .map_err(|e| client_error(verify, &format!("{flag}: admin client"), e))?;
     let new_topics: Vec<NewTopic> = missing
         .iter()
         .map(|topic| {
