@@ -402,7 +402,7 @@ impl WaitList {
     }
 }
 
-/// Wakes a shard from another thread (a Kafka producer thread with delivery reports, say).
+/// Wakes a shard from another thread (librdkafka's, when delivery reports are ready, say).
 /// The sending end is a plain socket; a wake is one byte, written only when the shard has
 /// not been woken since it last looked, so a busy producer writes rarely.
 pub struct CrossThreadWake {
@@ -439,7 +439,7 @@ pub fn cross_thread_wake() -> io::Result<(CrossThreadWake, WakeEnd)> {
 }
 
 impl CrossThreadWake {
-    /// Another sender for the same listener (one per producer thread of a shard).
+    /// Another sender for the same listener (one per Kafka producer of a shard).
     pub fn try_clone(&self) -> io::Result<CrossThreadWake> {
         Ok(CrossThreadWake {
             stream: self.stream.try_clone()?,
