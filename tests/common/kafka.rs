@@ -6,7 +6,6 @@
 //! started by CI before the tests; nothing here stops it.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,28 +207,13 @@ pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs:
 
 /// A port that is free, with the next one (Kafka's controller port) free too.
 pub fn free_port_pair() -> u16 {
-    loop {
-        let port = super::free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
+    super::free_ports(2)
 }
 
 /// A port P with P+1 .. P+4 free too (controller, SSL, SASL_SSL, MTLS of
-/// `scripts/kafka --secure`), below Linux's ephemeral range (32768..): there an outgoing
-/// connection made while Kafka starts (its own to its controller, the script's readiness
-/// checks) could take one of them first.
+/// `scripts/kafka --secure`), below Linux's ephemeral range: see [`super::free_ports`].
 pub fn free_port_run() -> u16 {
-    let seed = std::process::id()
-        ^ SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-    (0..2000u32)
-        .map(|i| 20_000 + ((seed.wrapping_add(i * 7919)) % 12_000) as u16)
-        .find(|&port| (0..=4).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()))
-        .expect("5 free ports in a row on 127.0.0.1 between 20000 and 32004")
+    super::free_ports(5)
 }
 
 fn script() -> &'static Path {
