@@ -99,6 +99,9 @@ fn records_refused_for_good_go_where_on_refused_says_and_never_loop() {
         &[("max.message.bytes", TOPIC_MAX_BYTES)],
     );
     kafka::create_topic(&bootstrap, &dead, 1);
+    // A dead-letter topic that takes less than the letter: its payload is cut to fit.
+    let dead_small = kafka::unique("refused-dead-small");
+    kafka::create_topic_with(&bootstrap, &dead_small, 1, &[("max.message.bytes", "2048")]);
     let metrics_port = free_port();
     let config = kafka::write_config(&format!(
         r#"
@@ -120,6 +123,12 @@ topic = "{small}"
 mqtt = "drop/#"
 topic = "{small}"
 on_refused = "drop"
+
+[[kafka.mapping]]
+mqtt = "dlsmall/#"
+topic = "{small}"
+on_refused = "dead_letter"
+dead_letter_topic = "{dead_small}"
 "#
     ));
     let metrics = format!("127.0.0.1:{metrics_port}");
@@ -145,6 +154,24 @@ on_refused = "drop"
     assert_eq!(header(letter, "mqtt_topic"), Some("dl/big"));
     assert_eq!(header(letter, "client_id"), Some("dev-dl"));
     assert_eq!(header(letter, "qos"), Some("1"));
+
+    // The dead-letter topic takes at most 2,048 bytes: the letter comes with its payload cut
+    // (a prefix) and its full size in a header.
+    let (pubacks, output) = publish_v311(port, "dev-dls", "dlsmall/big", &big);
+    assert_eq!(
+        pubacks, 1,
+        "PUBACK once the cut dead letter is in Kafka: {output}"
+    );
+    let letters = kafka::read_topic(&bootstrap, &dead_small, 1, READ);
+    assert_eq!(letters.len(), 1, "cut dead letters: {letters:?}");
+    let letter = &letters[0];
+    assert!(
+        letter.payload.len() < 2048 && big.starts_with(&letter.payload),
+        "a prefix that fits: {} bytes",
+        letter.payload.len()
+    );
+    assert_eq!(header(letter, "dead_letter_payload_bytes"), Some("4096"));
+    assert_eq!(header(letter, "client_id"), Some("dev-dls"));
 
     // The device goes on: its next message reaches the target topic.
     let (pubacks, output) = publish_v311(port, "dev-dl", "dl/next", b"next");

@@ -120,6 +120,48 @@ impl RefusedReason {
     }
 }
 
+/// The payload below which a dead letter the dead-letter topic refuses as too large is not
+/// cut further (its headers, not its payload, are then too large).
+const DEAD_LETTER_PAYLOAD_MIN: usize = 1024;
+
+/// A dead letter refused as too large, with half its payload; the header
+/// `dead_letter_payload_bytes` keeps the full size. None when the payload is already at
+/// [`DEAD_LETTER_PAYLOAD_MIN`] or less.
+fn shorter_letter(letter: RefusedRecord, ticket: u64, mapping: u32) -> Option<Record> {
+    let RefusedRecord {
+        topic,
+        key,
+        mut payload,
+        headers,
+    } = letter;
+    if payload.len() <= DEAD_LETTER_PAYLOAD_MIN {
+        return None;
+    }
+    let mut headers: Vec<(&'static str, Bytes)> = headers
+        .iter()
+        .map(|(name, value)| (static_header_name(name), value.clone()))
+        .collect();
+    if !headers
+        .iter()
+        .any(|(name, _)| *name == "dead_letter_payload_bytes")
+    {
+        headers.push((
+            "dead_letter_payload_bytes",
+            Bytes::from(payload.len().to_string()),
+        ));
+    }
+    payload.truncate((payload.len() / 2).max(DEAD_LETTER_PAYLOAD_MIN));
+    Some(Record {
+        topic,
+        key,
+        payload,
+        headers,
+        ticket,
+        mapping,
+        dead_letter: true,
+    })
+}
+
 /// The most payload a dead-letter record carries: librdkafka's default `message.max.bytes`
 /// less room for the key and headers. A longer payload is cut, and the header
 /// `dead_letter_payload_bytes` gives its full size.
@@ -761,6 +803,13 @@ impl ShardBridge {
                     // The acknowledgement now waits for the dead letter's own report.
                     None => return,
                     Some(outcome) => result = outcome,
+                }
+            } else if dead_letter && RefusedReason::of(code) == RefusedReason::TooLarge {
+                // The dead-letter topic takes less than the letter: cut its payload in half
+                // and send it again, down to `DEAD_LETTER_PAYLOAD_MIN`.
+                if let Some(letter) = refused.and_then(|r| shorter_letter(*r, ticket, mapping)) {
+                    self.append(cluster, letter, now);
+                    return;
                 }
             }
         }
