@@ -625,7 +625,8 @@ pub const SPOOL_SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 #[derive(Args, Clone, Debug, Default)]
 pub struct BrokerArgs {
     /// TOML configuration file; flags override its values. A string value may be
-    /// "${env:NAME}" or "${file:PATH}" (an environment variable, a file's content).
+    /// "${env:NAME}" or "${file:PATH}" (an environment variable, a file's content). SIGHUP
+    /// reads it again for the Kafka clusters' bootstrap and config.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:1883; repeat for several. Replaces the file's

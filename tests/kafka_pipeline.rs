@@ -936,18 +936,7 @@ fn run_refused(config: &str) -> Option<(ExitStatus, String)> {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + REFUSED_WITHIN;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_within(&mut child, REFUSED_WITHIN);
     let stderr = reader.join().unwrap();
     status.map(|status| (status, stderr))
 }

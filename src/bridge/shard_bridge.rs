@@ -128,38 +128,36 @@ const DEAD_LETTER_PAYLOAD_MIN: usize = 1024;
 /// `dead_letter_payload_bytes` keeps the full size. None when the payload is already at
 /// [`DEAD_LETTER_PAYLOAD_MIN`] or less.
 fn shorter_letter(letter: RefusedRecord, ticket: u64, mapping: u32) -> Option<Record> {
-    let RefusedRecord {
-        topic,
-        key,
-        mut payload,
-        headers,
-    } = letter;
-    if payload.len() <= DEAD_LETTER_PAYLOAD_MIN {
+    if letter.payload.len() <= DEAD_LETTER_PAYLOAD_MIN {
         return None;
     }
-    let mut headers: Vec<(&'static str, Bytes)> = headers
-        .iter()
-        .map(|(name, value)| (static_header_name(name), value.clone()))
-        .collect();
-    if !headers
-        .iter()
-        .any(|(name, _)| *name == "dead_letter_payload_bytes")
-    {
-        headers.push((
-            "dead_letter_payload_bytes",
-            Bytes::from(payload.len().to_string()),
-        ));
+    let mut letter = resend(letter, ticket, mapping, true);
+    let full = letter.payload.len();
+    if !(letter.headers.iter()).any(|(name, _)| *name == "dead_letter_payload_bytes") {
+        letter
+            .headers
+            .push(("dead_letter_payload_bytes", Bytes::from(full.to_string())));
     }
-    payload.truncate((payload.len() / 2).max(DEAD_LETTER_PAYLOAD_MIN));
-    Some(Record {
-        topic,
-        key,
-        payload,
-        headers,
+    letter
+        .payload
+        .truncate((full / 2).max(DEAD_LETTER_PAYLOAD_MIN));
+    Some(letter)
+}
+
+/// A record librdkafka gave back, as a record to send again: header names map back to the
+/// static names records carry.
+fn resend(record: RefusedRecord, ticket: u64, mapping: u32, dead_letter: bool) -> Record {
+    Record {
+        topic: record.topic,
+        key: record.key,
+        payload: record.payload,
+        headers: (record.headers.iter())
+            .map(|(name, value)| (static_header_name(name), value.clone()))
+            .collect(),
         ticket,
         mapping,
-        dead_letter: true,
-    })
+        dead_letter,
+    }
 }
 
 /// The most payload a dead-letter record carries: librdkafka's default `message.max.bytes`
@@ -772,24 +770,15 @@ impl ShardBridge {
             mut result,
             refused,
         } = report;
-        if let (Err(code), Some(record)) = (result, &refused) {
-            if is_purged(code) {
+        let refused = match (result, refused) {
+            (Err(code), Some(record)) if is_purged(code) => {
                 // Handed over by a producer replaced with new settings: send it again.
-                let record = Record {
-                    topic: record.topic.clone(),
-                    key: record.key.clone(),
-                    payload: record.payload.clone(),
-                    headers: (record.headers.iter())
-                        .map(|(name, value)| (static_header_name(name), value.clone()))
-                        .collect(),
-                    ticket,
-                    mapping,
-                    dead_letter,
-                };
+                let record = resend(*record, ticket, mapping, dead_letter);
                 self.append(cluster, record, now);
                 return;
             }
-        }
+            (_, refused) => refused,
+        };
         if let Some(c) = self.counters.get_mut(mapping as usize) {
             match (result, dead_letter) {
                 (Ok(()), false) => c.acknowledged += 1,
@@ -889,11 +878,9 @@ impl ShardBridge {
         record: RefusedRecord,
         topic: String,
     ) -> Record {
-        let mut headers: Vec<(&'static str, Bytes)> = record
-            .headers
-            .iter()
-            .map(|(name, value)| (static_header_name(name), value.clone()))
-            .collect();
+        let mut letter = resend(record, ticket, mapping, true);
+        let target = std::mem::replace(&mut letter.topic, topic);
+        let headers = &mut letter.headers;
         if let Some(ack) = self.pending.get(&ticket) {
             for (name, value) in [("mqtt_topic", &ack.topic), ("client_id", &ack.client_id)] {
                 if !headers.iter().any(|(n, _)| *n == name) {
@@ -905,28 +892,19 @@ impl ShardBridge {
             "dead_letter_error",
             Bytes::from(format!("{code:?}: {code}")),
         ));
-        headers.push(("dead_letter_topic", Bytes::from(record.topic)));
+        headers.push(("dead_letter_topic", Bytes::from(target)));
         headers.push((
             "dead_letter_cluster",
             Bytes::from(self.mappings.cluster_names()[cluster].clone()),
         ));
-        let mut payload = record.payload;
-        if payload.len() > DEAD_LETTER_PAYLOAD_MAX {
+        if letter.payload.len() > DEAD_LETTER_PAYLOAD_MAX {
             headers.push((
                 "dead_letter_payload_bytes",
-                Bytes::from(payload.len().to_string()),
+                Bytes::from(letter.payload.len().to_string()),
             ));
-            payload.truncate(DEAD_LETTER_PAYLOAD_MAX);
+            letter.payload.truncate(DEAD_LETTER_PAYLOAD_MAX);
         }
-        Record {
-            topic,
-            key: record.key,
-            payload,
-            headers,
-            ticket,
-            mapping,
-            dead_letter: true,
-        }
+        letter
     }
 
     fn count_down(

@@ -416,20 +416,25 @@ pub fn mosquitto_pub_within(
     };
     let stdout = reader(Box::new(child.stdout.take().unwrap()));
     let stderr = reader(Box::new(child.stderr.take().unwrap()));
+    let status = wait_within(&mut child, limit);
+    let output = stdout.join().unwrap() + &stderr.join().unwrap();
+    (status, output)
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it (and returns None) after that.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+            return Some(status);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            return None;
         }
         thread::sleep(Duration::from_millis(20));
-    };
-    let output = stdout.join().unwrap() + &stderr.join().unwrap();
-    (status, output)
+    }
 }
 
 /// Lines of mosquitto_pub's `-d` output saying a PUBACK came.
