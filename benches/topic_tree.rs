@@ -6,8 +6,8 @@
 //! the deliveries.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferrymq::broker::retained::RetainedStore;
-use ferrymq::broker::topic_tree::SubscriptionTree;
+use ferrymq::topic::RetainedStore;
+use ferrymq::topic::SubscriptionTree;
 use std::hint::black_box;
 
 const DEVICE_COUNT: u32 = 100_000;

@@ -297,10 +297,10 @@ fn run_broker(args: &BrokerArgs) -> ExitCode {
     start_logging(&config.log);
     // SIGHUP reads the file again (and its ${env:}/${file:} values) for new Kafka settings.
     let reload_args = args.clone();
-    let reload: ferrymq::broker::server::Reload = Box::new(move || {
+    let reload: ferrymq::server::Reload = Box::new(move || {
         config::load_with_rust_log(&reload_args, rust_log.as_deref()).map_err(|e| e.to_string())
     });
-    match ferrymq::broker::server::run_with_reload(config, Some(reload)) {
+    match ferrymq::server::run_with_reload(config, Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         // A setting only checked when used (a librdkafka property, a CPU outside the
         // affinity mask) is a config error too.

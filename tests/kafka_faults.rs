@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::Broker;
-use ferrymq::bridge::shard_bridge::failure_reason;
+use ferrymq::bridge::failure_reason;
 use ferrymq::protocol::{
     Connect, Decoder, Packet, Protocol, Publish, QoS, ReasonCode, Subscribe, Subscription,
     SubscriptionOptions, PACKET_SIZE_BYTES_MAX,

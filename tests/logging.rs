@@ -197,7 +197,7 @@ fn json_format_writes_one_object_per_line_with_level_message_and_fields() {
     assert_eq!(listening["addr"], addr.as_str());
     assert_eq!(listening["tls"], false);
     assert_eq!(listening["shards"], 1);
-    assert_eq!(listening["target"], "ferrymq::broker::server");
+    assert_eq!(listening["target"], "ferrymq::server");
 
     // A reload that fails: a warning with the error as a field of its own.
     std::fs::write(&passwd, "device-without-a-hash\n").unwrap();
@@ -266,7 +266,7 @@ fn log_level_flag_and_rust_log_filter_events() {
     let (_, stderr) = run.stop();
     assert!(stderr.iter().any(|l| l == "ferrymq: stopped"), "{stderr:?}");
     // A filter in RUST_LOG's syntax.
-    let mut run = Run::start(&["--log-level", "warn,ferrymq::broker=info"], &[]);
+    let mut run = Run::start(&["--log-level", "warn,ferrymq::server=info"], &[]);
     run.wait_stderr("listening line", listening);
 }
 

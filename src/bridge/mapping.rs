@@ -7,8 +7,8 @@
 //! there are, and it allocates nothing once the match buffer has grown to the largest number
 //! of mappings one topic reaches.
 
-use crate::broker::topic_tree::SubscriptionTree;
 use crate::config::{ConfigError, KafkaConfig};
+use crate::topic::SubscriptionTree;
 // Re-exported: the bridge reads them from a `Mapping` and should not need the config module.
 pub use crate::config::{AckMode, HeaderField, OnRefused};
 

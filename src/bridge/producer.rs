@@ -35,6 +35,8 @@ use rdkafka::ClientContext;
 
 use crate::runtime::CrossThreadWake;
 
+use super::ticket::Tag;
+
 /// One Kafka record on its way, built on the shard.
 #[derive(Debug)]
 pub struct Record {
@@ -42,12 +44,8 @@ pub struct Record {
     pub key: Vec<u8>,
     pub payload: Bytes,
     pub headers: Vec<(&'static str, Bytes)>,
-    /// The acknowledgement this record counts towards; 0 when nobody waits for it.
-    pub ticket: u64,
-    /// Index of the mapping that made it, for per-mapping counters (below 2^15).
-    pub mapping: u32,
-    /// A dead letter: a record Kafka refused, on its way to the mapping's dead-letter topic.
-    pub dead_letter: bool,
+    /// Who waits for it, its mapping, whether it is a dead letter: back in its report.
+    pub tag: Tag,
 }
 
 impl Record {
@@ -69,9 +67,7 @@ pub type Batch = Vec<Record>;
 /// The outcome of one record with a ticket (or of any failed record, for the counters).
 #[derive(Debug)]
 pub struct Report {
-    pub ticket: u64,
-    pub mapping: u32,
-    pub dead_letter: bool,
+    pub tag: Tag,
     pub result: Result<(), RDKafkaErrorCode>,
     /// The record, when Kafka refused it for good ([`is_refused_for_good`]: what a
     /// dead-letter record is made of), or when a producer being replaced by new settings
@@ -171,22 +167,11 @@ fn copy_back(message: &rdkafka::message::BorrowedMessage<'_>) -> Box<RefusedReco
 
 impl ClientContext for DeliveryContext {}
 
-/// The delivery opaque: the ticket in the high 48 bits, then the dead-letter flag, then the
-/// mapping index in the low 15.
-fn opaque(ticket: u64, mapping: u32, dead_letter: bool) -> usize {
-    ((ticket << 16) | (u64::from(dead_letter) << 15) | u64::from(mapping & 0x7FFF)) as usize
-}
-
-fn from_opaque(opaque: usize) -> (u64, u32, bool) {
-    let opaque = opaque as u64;
-    (opaque >> 16, (opaque & 0x7FFF) as u32, opaque & 0x8000 != 0)
-}
-
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (ticket, mapping, dead_letter) = from_opaque(opaque);
+        let tag = Tag::unpack(opaque);
         let (result, refused) = match result {
             Ok(_) => (Ok(()), None),
             Err((error, message)) => {
@@ -198,9 +183,7 @@ impl ProducerContext for DeliveryContext {
             }
         };
         self.shared.reports.push(Report {
-            ticket,
-            mapping,
-            dead_letter,
+            tag,
             result,
             refused,
         });
@@ -326,7 +309,7 @@ impl KafkaProducer {
 
     /// Hands one record to librdkafka. Never blocks.
     pub fn send(&self, record: &Record) -> Sent {
-        let opaque = opaque(record.ticket, record.mapping, record.dead_letter);
+        let opaque = record.tag.pack();
         let mut base =
             BaseRecord::with_opaque_to(&record.topic, opaque).payload(record.payload.as_ref());
         if !record.key.is_empty() {
@@ -358,9 +341,7 @@ impl KafkaProducer {
                     })
                 });
                 self.shared.reports.push(Report {
-                    ticket: record.ticket,
-                    mapping: record.mapping,
-                    dead_letter: record.dead_letter,
+                    tag: record.tag,
                     result: Err(code),
                     refused,
                 });

@@ -20,11 +20,12 @@ use crate::runtime::{self, SharedStream, Stream, TcpListener, TcpStream};
 use crate::tls::{self, HandshakeFailure, TlsListener};
 
 use super::connection::{write_loop, Connection};
+use super::context::{ConnectionSlot, ShardRef};
 use super::link::{read_more, Link, READ_CHUNK_BYTES};
 use super::router;
-use super::shard::{shard_for, ShardRef};
+use super::shard::shard_for;
 use super::shard_message::ShardMessage;
-use super::stats::ShardStats;
+use crate::metrics::stats::ShardStats;
 
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY_MS: u64 = 10;
@@ -47,15 +48,15 @@ pub async fn accept_loop(shard: ShardRef, listener: TcpListener, tls: Option<Arc
         if shard.shutting_down.load(Ordering::Relaxed) {
             continue;
         }
-        let open = shard.connections_open.fetch_add(1, Ordering::Relaxed);
-        if open >= shard.config.connections_max {
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) =
+            ConnectionSlot::take(&shard.connections_open, shard.config.connections_max)
+        else {
             ShardStats::incr(&shard.stats.connections_refused_max);
             continue; // dropping the stream closes it
-        }
+        };
         ShardStats::incr(&shard.stats.connections_accepted);
         let _ = stream.set_nodelay(true);
-        runtime::spawn(handle_accepted(shard.clone(), stream, tls.clone()));
+        runtime::spawn(handle_accepted(shard.clone(), stream, tls.clone(), slot));
     }
 }
 
@@ -190,7 +191,12 @@ async fn handshake(
     None
 }
 
-async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsListener>>) {
+async fn handle_accepted(
+    shard: ShardRef,
+    tcp: TcpStream,
+    tls: Option<Arc<TlsListener>>,
+    slot: ConnectionSlot,
+) {
     let config = shard.config.clone();
     let accepted_at = Instant::now();
     // One limit from accept to a complete CONNECT, handshake included.
@@ -199,10 +205,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
         None => (Stream::from(tcp), None),
         Some(tls) => match Box::pin(handshake(&shard, tcp, tls, limit)).await {
             Some(accepted) => accepted,
-            None => {
-                shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
+            None => return,
         },
     };
     let stream = runtime::share(stream);
@@ -219,13 +222,9 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     .await;
     let mut connect = match read {
         // No CONNECT in time, or the peer left: close without a word.
-        None | Some(Err(ConnectFailure::Closed)) => {
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
+        None | Some(Err(ConnectFailure::Closed)) => return,
         Some(Err(ConnectFailure::Invalid { error, level })) => {
             ShardStats::incr(&shard.stats.protocol_errors);
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
             let protocol = refusal_protocol(level);
             Box::pin(refuse(stream, protocol, error.reason_code())).await;
             return;
@@ -237,7 +236,6 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     if connect.client_id.is_empty() {
         // 3.1 requires an id; 3.1.1 accepts none only with Clean Session [MQTT-3.1.3-8].
         if protocol == Protocol::V3_1 || (protocol == Protocol::V3_1_1 && !connect.clean_start) {
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
             Box::pin(refuse(
                 stream,
                 protocol,
@@ -251,7 +249,6 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     }
     if connect.properties.authentication_method.is_some() {
         // Enhanced authentication is not offered [MQTT-4.12.0-1].
-        shard.connections_open.fetch_sub(1, Ordering::Relaxed);
         Box::pin(refuse(
             stream,
             protocol,
@@ -269,7 +266,6 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
         match identity {
             Some(identity) => connect.username = Some(identity),
             None => {
-                shard.connections_open.fetch_sub(1, Ordering::Relaxed);
                 Box::pin(refuse(stream, protocol, ReasonCode::BadUserNameOrPassword)).await;
                 return;
             }
@@ -277,7 +273,6 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
     }
     if let Err(reason) = authorize_connect(&shard, &connect, cert_identity.as_deref(), &tls) {
         ShardStats::incr(&shard.stats.auth_failures);
-        shard.connections_open.fetch_sub(1, Ordering::Relaxed);
         Box::pin(refuse(stream, protocol, reason)).await;
         return;
     }
@@ -290,6 +285,7 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
             buf,
             assigned_client_id,
             cert_identity,
+            slot,
         )
         .await;
         return;
@@ -330,12 +326,13 @@ async fn handle_accepted(shard: ShardRef, tcp: TcpStream, tls: Option<Arc<TlsLis
                 buffered: buf,
                 assigned_client_id,
                 cert_identity,
+                slot,
             };
+            // A hand-off that cannot be sent (the shard is stopping) drops the socket and
+            // gives the place back.
             let _ = Box::pin(shard.senders.send(owner, handoff)).await;
         }
-        None => {
-            shard.connections_open.fetch_sub(1, Ordering::Relaxed);
-        }
+        None => drop(slot),
     }
 }
 
@@ -382,6 +379,7 @@ pub async fn serve(
     mut buf: BytesMut,
     assigned_client_id: bool,
     cert_identity: Option<String>,
+    slot: ConnectionSlot,
 ) {
     let protocol = connect.protocol;
     let client_packet_size_max = connect
@@ -425,6 +423,7 @@ pub async fn serve(
     let mut link = Link::new(shard, connection, client_id, protocol, keep_alive_secs);
     link.username = username;
     link.cert_identity = cert_identity;
+    link.slot = Some(slot);
     link.connect_session_expiry_zero =
         connect.properties.session_expiry_interval_secs.unwrap_or(0) == 0;
     let exit = link.run(&stream, &mut decoder, &mut buf).await;

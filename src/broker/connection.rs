@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::protocol::{Disconnect, MqttStr, Packet, Protocol, Publish, ReasonCode};
 use crate::runtime::{self, SharedStream, Signal};
 
-use super::stats::ShardStats;
+use crate::metrics::stats::ShardStats;
 
 /// Bytes encoded before the writer hands them to the socket in one write.
 const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;

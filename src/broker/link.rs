@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -17,9 +16,10 @@ use crate::protocol::{
 use crate::runtime::{self, SharedStream};
 
 use super::connection::Connection;
+use super::context::{ConnectionSlot, ShardRef};
 use super::router;
-use super::shard::{granted_keep_alive, ShardRef};
-use super::stats::ShardStats;
+use super::shard::granted_keep_alive;
+use crate::metrics::stats::ShardStats;
 
 /// Bytes asked of the socket per read. A read returns what has arrived, up to this.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -88,6 +88,8 @@ pub struct Link {
     /// these names. A client's certificate is only asked for on listeners with
     /// `tls_client_ca`, and only a verified one gets here.
     pub cert_identity: Option<String>,
+    /// Its place among `connections_max`, given back when the connection ends.
+    pub slot: Option<ConnectionSlot>,
     /// `broker.publish_rate_max` for this client; `None` without a limit.
     pub publish_budget: Option<PublishBudget>,
 }
@@ -145,6 +147,7 @@ impl Link {
             connect_session_expiry_zero: true,
             username: None,
             cert_identity: None,
+            slot: None,
             publish_budget: (shard_rate > 0)
                 .then(|| PublishBudget::new(shard_rate, Instant::now())),
         }
@@ -217,6 +220,7 @@ impl Link {
                     .state
                     .borrow_mut()
                     .on_puback(&self.client_id, ack.packet_id, now);
+                self.shard.ease_congestion();
                 Ok(())
             }
             Packet::PubRec(rec) => {
@@ -226,6 +230,7 @@ impl Link {
                     rec.reason_code,
                     now,
                 );
+                self.shard.ease_congestion();
                 if known {
                     self.connection
                         .send(Packet::PubRel(PubRel::new(rec.packet_id)));
@@ -262,6 +267,7 @@ impl Link {
                     .state
                     .borrow_mut()
                     .on_pubcomp(&self.client_id, comp.packet_id, now);
+                self.shard.ease_congestion();
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
@@ -303,7 +309,7 @@ impl Link {
 
     /// Closes the connection as `exit` says and settles the session: will, expiry, and
     /// the interest of other shards.
-    pub async fn finish(self, exit: Exit) {
+    pub async fn finish(mut self, exit: Exit) {
         let stats = &self.shard.stats;
         match exit {
             Exit::ProtocolError(reason) => {
@@ -325,7 +331,8 @@ impl Link {
             publish_will,
             Instant::now(),
         );
-        self.shard.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.slot = None;
+        self.shard.ease_congestion();
         router::announce_interest(&self.shard, closed.interest_changes, false).await;
         if let Some(will) = closed.will_now {
             router::publish(&self.shard, will).await;

@@ -1,45 +1,20 @@
 //! PUBLISH from a client (section 3.3.4): resolve the topic alias, route, acknowledge.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::auth::Access;
-use crate::bridge::shard_bridge::Submitted;
-use crate::protocol::{Packet, PubAck, PubRec, Publish, QoS, ReasonCode};
+use crate::bridge::{Acknowledgement, Completed, Publication};
+use crate::metrics::stats::ShardStats;
+use crate::protocol::{MqttStr, Packet, PubAck, PubRec, Publish, QoS, ReasonCode};
 use crate::runtime;
 
+use super::connection::Connection;
+use super::context::{DeferredAck, ShardContext};
 use super::link::{Exit, Link};
 use super::message::Message;
 use super::router;
-use super::stats::ShardStats;
 
 impl Link {
-    /// Answers a PUBLISH the ACL refused and drops it. A 5.0 client learns why from the
-    /// reason code 0x87 Not authorized in its PUBACK or PUBREC; 3.1.1 has no way to say it,
-    /// so the acknowledgement is the normal one [MQTT-3.3.5-2], as in Mosquitto.
-    fn refuse_publish(&mut self, qos: QoS, packet_id: u16) {
-        let v5 = self.protocol.is_v5();
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce if v5 => self.connection.send(Packet::PubAck(PubAck::with_reason(
-                packet_id,
-                ReasonCode::NotAuthorized,
-            ))),
-            QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::new(packet_id))),
-            // A PUBREC with a failure code ends the exchange: no PUBREL follows.
-            QoS::ExactlyOnce if v5 => self.connection.send(Packet::PubRec(PubRec::with_reason(
-                packet_id,
-                ReasonCode::NotAuthorized,
-            ))),
-            QoS::ExactlyOnce => {
-                // The PUBREL that follows gets its PUBCOMP like any other.
-                if let Some(session) = self.shard.state.borrow_mut().session(&self.client_id) {
-                    session.inbound_qos2.insert(packet_id);
-                }
-                self.connection.send(Packet::PubRec(PubRec::new(packet_id)));
-            }
-        }
-    }
-
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         ShardStats::incr(&self.shard.stats.messages_received);
         ShardStats::incr(&self.shard.stats.messages_received_by_qos[publish.qos as usize]);
@@ -85,7 +60,7 @@ impl Link {
         );
         if !allowed {
             ShardStats::incr(&self.shard.stats.dropped_not_authorized);
-            self.refuse_publish(qos, packet_id);
+            self.answer(qos, packet_id, Verdict::Refused(ReasonCode::NotAuthorized));
             return Ok(());
         }
         if qos == QoS::ExactlyOnce {
@@ -93,16 +68,11 @@ impl Link {
             let session = state.session(&self.client_id).expect("connected session");
             if session.inbound_qos2.contains(&packet_id) {
                 drop(state);
-                // Still waiting for Kafka: the PUBREC goes out when it answers.
-                let waiting = self
-                    .shard
-                    .bridge
-                    .borrow()
-                    .is_pending(self.connection.id, packet_id);
-                if !waiting {
-                    // A resent PUBLISH whose PUBREC was lost: answer again, deliver once
-                    // [MQTT-4.3.3-9].
-                    self.connection.send(Packet::PubRec(PubRec::new(packet_id)));
+                // Still waiting for Kafka: the PUBREC goes out when it answers. Otherwise a
+                // resent PUBLISH whose PUBREC was lost: answer again, deliver once
+                // [MQTT-4.3.3-9].
+                if !is_deferred(&self.shard, &self.connection, packet_id) {
+                    self.answer(qos, packet_id, Verdict::Accepted);
                 }
                 return Ok(());
             }
@@ -114,94 +84,157 @@ impl Link {
         }
         let now = Instant::now();
         let message = Message::from_publish(publish, topic, self.client_id.clone(), now);
-        let (to_subscribers, to_kafka) = self.shard.bridge.borrow_mut().plan(&message.topic);
-        if to_kafka
-            && qos != QoS::AtMostOnce
-            && self.protocol.is_v5()
-            && self
-                .shard
-                .bridge
-                .borrow_mut()
-                .refuses_for_full_spool(&message.topic)
-        {
+        let bridge = &self.shard.bridge;
+        let admission = bridge.admit(&message.topic, qos, self.protocol.is_v5());
+        if admission.refused_for_full_spool() {
             // `spool.when_full = "refuse"`: the 5.0 publisher hears at once that the message
             // was not taken, neither by Kafka nor by subscribers, and may send it again later.
             ShardStats::incr(&self.shard.stats.refused_spool_full);
-            self.refuse_for_quota(qos, packet_id);
+            self.answer(qos, packet_id, Verdict::Refused(ReasonCode::QuotaExceeded));
             return Ok(());
         }
-        let mut deferred = false;
-        if to_kafka {
+        let mut ticket = None;
+        if admission.to_kafka() {
             if qos != QoS::AtMostOnce {
                 // A full Kafka producer (or a full spool, for `durable`): stop reading this
                 // publisher until it drains (backpressure, never a dropped QoS 1/2 message).
-                while self
-                    .shard
-                    .bridge
-                    .borrow_mut()
-                    .is_backlogged_for(&message.topic)
-                {
-                    self.shard.backlog_waiters.wait(BACKLOG_RECHECK).await;
-                }
+                bridge.wait_for_room(&admission).await;
             }
-            let ack = (qos != QoS::AtMostOnce).then(|| (self.connection.clone(), packet_id));
-            let username = self.username.as_deref();
-            let (submitted, timer_wanted) = {
-                let mut bridge = self.shard.bridge.borrow_mut();
-                let submitted = bridge.submit(&message, username, ack, now);
-                (submitted, bridge.take_timer_wanted())
+            let publication = Publication {
+                topic: &message.topic,
+                publisher: &message.publisher,
+                username: self.username.as_deref(),
+                payload: &message.payload,
+                qos,
+                retain: message.retain,
+                properties: &message.properties,
             };
-            if timer_wanted {
-                // Only a batch left waiting, or held by a full producer, needs the linger
-                // timer.
-                self.shard.bridge_activity.notify();
+            ticket = bridge.submit(&admission, &publication, qos != QoS::AtMostOnce, now);
+            if let Some(ticket) = ticket {
+                // With `ack = "kafka"` or `"durable"` the PUBACK/PUBREC waits for the bridge
+                // (`acknowledge_deferred`). Recorded before anything awaits, so that no
+                // completion can come first.
+                let deferred = DeferredAck {
+                    connection: self.connection.clone(),
+                    client_id: self.client_id.clone(),
+                    packet_id,
+                    qos,
+                };
+                self.shard
+                    .deferred_acks
+                    .borrow_mut()
+                    .insert(ticket, deferred);
             }
-            self.shard.spool_activity.notify();
-            // With `ack = "kafka"` the PUBACK/PUBREC waits for Kafka (report loop).
-            deferred = matches!(submitted, Submitted::Deferred(_));
         }
-        if to_subscribers {
+        if admission.to_subscribers() {
             router::publish(&self.shard, message).await;
         }
-        if !deferred {
-            self.acknowledge(qos, packet_id);
+        if ticket.is_none() {
+            self.answer(qos, packet_id, Verdict::Accepted);
         }
         Ok(())
     }
 
-    /// PUBACK/PUBREC 0x97 Quota exceeded (5.0 only). A PUBREC with a code of 0x80 or more
-    /// ends a QoS 2 exchange (the sender sends PUBREL only for codes below 0x80,
-    /// [MQTT-4.3.3-4]), so the packet identifier is free again.
-    fn refuse_for_quota(&mut self, qos: QoS, packet_id: u16) {
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::with_reason(
-                packet_id,
-                ReasonCode::QuotaExceeded,
-            ))),
-            QoS::ExactlyOnce => {
-                if let Some(session) = self.shard.state.borrow_mut().session(&self.client_id) {
-                    session.inbound_qos2.remove(&packet_id);
-                }
-                self.connection.send(Packet::PubRec(PubRec::with_reason(
-                    packet_id,
-                    ReasonCode::QuotaExceeded,
-                )));
-            }
-        }
+    fn answer(&self, qos: QoS, packet_id: u16, verdict: Verdict) {
+        acknowledge(
+            &self.shard,
+            &self.connection,
+            &self.client_id,
+            qos,
+            packet_id,
+            verdict,
+        );
     }
+}
 
-    fn acknowledge(&self, qos: QoS, packet_id: u16) {
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.connection.send(Packet::PubAck(PubAck::new(packet_id))),
-            QoS::ExactlyOnce => self.connection.send(Packet::PubRec(PubRec::new(packet_id))),
+/// How a PUBLISH is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Accepted,
+    /// Not taken, and sending it again would not help (not authorized, a full spool, Kafka
+    /// refused it for good). A 5.0 client gets the code; 3.1.1 has no way to hear it, so
+    /// its acknowledgement is the normal one ([MQTT-3.3.5-2] for the ACL, as in
+    /// Mosquitto), and it does not publish the same message again after every reconnect.
+    Refused(ReasonCode),
+    /// Failed on the way (a Kafka producer's fatal error): a 5.0 client gets the code; a
+    /// 3.1.1 client is disconnected unacknowledged, so it publishes the message again.
+    Failed(ReasonCode),
+}
+
+impl From<Acknowledgement> for Verdict {
+    fn from(outcome: Acknowledgement) -> Verdict {
+        match outcome {
+            Acknowledgement::Stored => Verdict::Accepted,
+            Acknowledgement::Refused(code) => Verdict::Refused(code),
+            Acknowledgement::Failed(code) => Verdict::Failed(code),
         }
     }
 }
 
-/// The longest a publisher held back by a full Kafka producer or spool waits before it
-/// looks again without being woken (the bridge wakes held publishers when it has room; this
-/// covers a producer that drains while another cluster's stays full). Polling every 200 µs
-/// instead cost thousands of held publishers a wake-up each, 5,000 times a second.
-const BACKLOG_RECHECK: Duration = Duration::from_millis(100);
+/// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) of a PUBLISH, whatever decided it and
+/// whenever: the one place both are built.
+pub(super) fn acknowledge(
+    shard: &ShardContext,
+    connection: &Connection,
+    client_id: &MqttStr,
+    qos: QoS,
+    packet_id: u16,
+    verdict: Verdict,
+) {
+    let v5 = connection.protocol.is_v5();
+    let reason = match verdict {
+        Verdict::Accepted => ReasonCode::Success,
+        Verdict::Refused(code) if v5 => code,
+        Verdict::Refused(_) => ReasonCode::Success,
+        Verdict::Failed(code) if v5 => code,
+        Verdict::Failed(_) => {
+            connection.close(None);
+            return;
+        }
+    };
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => connection.send(Packet::PubAck(PubAck::with_reason(packet_id, reason))),
+        QoS::ExactlyOnce => {
+            if let Some(session) = shard.state.borrow_mut().session(client_id) {
+                if reason.is_error() {
+                    // A PUBREC with a code of 0x80 or more ends the exchange: no PUBREL
+                    // follows [MQTT-4.3.3-4], and the packet identifier is free again.
+                    session.inbound_qos2.remove(&packet_id);
+                } else {
+                    // The PUBREL that follows gets its PUBCOMP.
+                    session.inbound_qos2.insert(packet_id);
+                }
+            }
+            connection.send(Packet::PubRec(PubRec::with_reason(packet_id, reason)));
+        }
+    }
+}
+
+/// Sends the acknowledgements the bridge says are due (their records are in Kafka or the
+/// spool, or were refused).
+pub fn acknowledge_deferred(shard: &ShardContext, completed: Vec<Completed>) {
+    for done in completed {
+        let Some(ack) = shard.deferred_acks.borrow_mut().remove(&done.ticket) else {
+            continue;
+        };
+        acknowledge(
+            shard,
+            &ack.connection,
+            &ack.client_id,
+            ack.qos,
+            ack.packet_id,
+            done.outcome.into(),
+        );
+    }
+}
+
+/// Whether the QoS 2 PUBLISH `packet_id` of this connection still waits for the bridge (a
+/// resent one must then not be acknowledged yet).
+fn is_deferred(shard: &ShardContext, connection: &Connection, packet_id: u16) -> bool {
+    shard
+        .deferred_acks
+        .borrow()
+        .values()
+        .any(|ack| ack.connection.id == connection.id && ack.packet_id == packet_id)
+}

@@ -5,8 +5,9 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::context::ShardRef;
 use super::message::Message;
-use super::shard::{InterestChange, ShardRef};
+use super::shard::InterestChange;
 use super::shard_message::ShardMessage;
 use crate::runtime::Signal;
 
@@ -47,7 +48,6 @@ pub async fn publish(shard: &ShardRef, message: Message) {
 
 /// Longest a publisher is held back for slow subscribers on its shard.
 const PUBLISHER_WAIT_MS_MAX: u64 = 1000;
-const PUBLISHER_WAIT_STEP_MS: u64 = 1;
 
 /// Holds the publishing connection (it reads nothing meanwhile) while subscribers it feeds
 /// are congested, up to `PUBLISHER_WAIT_MS_MAX`: QoS 1/2 wait rather than pile up. The
@@ -57,17 +57,19 @@ pub async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::Mqt
         return;
     }
     let deadline = Instant::now() + std::time::Duration::from_millis(PUBLISHER_WAIT_MS_MAX);
-    while Instant::now() < deadline {
+    loop {
         let still = {
             let state = shard.state.borrow();
             congested
                 .iter()
                 .any(|client_id| state.is_congested(client_id))
         };
-        if !still {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !still || left.is_zero() {
             return;
         }
-        crate::runtime::sleep(std::time::Duration::from_millis(PUBLISHER_WAIT_STEP_MS)).await;
+        // Woken when a session's queue moves (`ShardContext::ease_congestion`).
+        shard.congestion_eased.wait(left).await;
     }
 }
 

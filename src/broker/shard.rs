@@ -2,28 +2,24 @@
 //! the shard's own thread: no locks. What must cross to other shards is returned to the
 //! caller (`link.rs`, `router.rs`), which sends it without holding a borrow.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{
     Access, AuthDecision, AuthSnapshot, AuthStore, ClientAcl, ClientIdentity, Credentials,
 };
-use crate::bridge::shard_bridge::ShardBridge;
 use crate::config::BrokerConfig;
 use crate::protocol::{ConnAck, Connect, MqttStr, Protocol, QoS, ReasonCode, RetainHandling};
-use crate::runtime::{ShardId, ShardSenders, Signal};
+use crate::runtime::ShardId;
 
 use super::connection::Connection;
 use super::message::Message;
-use super::retained::RetainedStore;
 use super::session::{Delivery, DeliveryOutcome, Session, SessionId, SubscriptionEntry};
-use super::shard_message::ShardMessage;
-use super::stats::{ShardStats, StatsSnapshot};
-use super::topic_tree::{Match, SubscriptionTree};
+use crate::metrics::stats::ShardStats;
+use crate::topic::RetainedStore;
+use crate::topic::{Match, SubscriptionTree};
 
 /// The shard that owns a client id: where its session lives, whichever shard accepted the
 /// connection. FNV-1a: stable across processes, cheap, good enough spread for ids.
@@ -63,42 +59,6 @@ pub struct Opened {
     pub generation: u64,
     pub expired_on_resume: u64,
 }
-
-/// Shard state reachable from every task of the shard.
-pub struct ShardContext {
-    pub id: ShardId,
-    pub count: usize,
-    pub config: Rc<BrokerConfig>,
-    pub stats: Rc<ShardStats>,
-    pub senders: ShardSenders<ShardMessage>,
-    pub state: RefCell<Shard>,
-    /// Interest updates waiting for every other shard to acknowledge them.
-    pub interest_acks: RefCell<HashMap<u64, (usize, Rc<Signal>)>>,
-    pub next_ack_id: std::cell::Cell<u64>,
-    /// Shard 0 only: the latest counters of every shard, for `$SYS`.
-    pub remote_stats: RefCell<Vec<StatsSnapshot>>,
-    /// Connections open on all shards, against `connections_max` (touched per connection,
-    /// never per message).
-    pub connections_open: Arc<AtomicUsize>,
-    pub shutting_down: Arc<AtomicBool>,
-    pub started_at: Instant,
-    /// This shard's side of the Kafka pipeline (no mappings: a plain MQTT broker).
-    pub bridge: RefCell<ShardBridge>,
-    /// Notified when a Kafka batch gets its first record, to start its linger timer.
-    pub bridge_activity: Signal,
-    /// Notified when a record is appended to the spool, to start its group commit.
-    pub spool_activity: Signal,
-    /// Notified when a spool flush made records durable, to feed them to Kafka.
-    pub spool_feed: Signal,
-    /// QoS 1/2 publishers held back by a full Kafka producer or spool; woken when the bridge
-    /// has room again (`wake_backlogged_publishers`).
-    pub backlog_waiters: crate::runtime::WaitList,
-    pub spool_stats: crate::spool::SpoolStats,
-    /// Where this shard leaves its metrics once a second.
-    pub board: Arc<crate::metrics::Board>,
-}
-
-pub type ShardRef = Rc<ShardContext>;
 
 pub struct Shard {
     pub id: ShardId,

@@ -6,7 +6,9 @@ use crate::protocol::Connect;
 use crate::runtime::{DetachedStream, ShardId};
 
 use super::message::Message;
-use super::stats::StatsSnapshot;
+use crate::metrics::stats::StatsSnapshot;
+
+use super::context::ConnectionSlot;
 
 pub enum ShardMessage {
     /// A connection whose client id the receiving shard owns (its socket, with the TLS
@@ -18,6 +20,8 @@ pub enum ShardMessage {
         assigned_client_id: bool,
         /// The verified client certificate's identity (see `Link::cert_identity`).
         cert_identity: Option<String>,
+        /// Its place among `connections_max`, given back when the connection ends.
+        slot: ConnectionSlot,
     },
     /// Deliver to the receiver's ordinary subscribers of the topic.
     Publish(Message),

@@ -7,7 +7,7 @@ use crate::protocol::{Packet, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscri
 use super::link::Link;
 use super::router;
 use super::session::SubscriptionEntry;
-use super::stats::ShardStats;
+use crate::metrics::stats::ShardStats;
 
 impl Link {
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) {

@@ -11,9 +11,11 @@ use std::thread;
 
 use hdrhistogram::Histogram;
 
-use crate::bridge::shard_bridge::{MappingCounters, RefusedReason};
-use crate::broker::stats::StatsSnapshot;
-use crate::config::OnRefused;
+pub mod mapping;
+pub mod stats;
+
+pub use mapping::{MappingCounters, RefusedReason, REFUSED_ACTIONS};
+use stats::StatsSnapshot;
 
 /// One cluster as one shard sees it.
 #[derive(Clone)]
@@ -68,8 +70,9 @@ pub fn thread_cpu_seconds() -> f64 {
 pub struct MappingLabel {
     pub mqtt: String,
     pub cluster: String,
-    /// Its `on_refused`: the refused-record series it always shows.
-    pub on_refused: OnRefused,
+    /// Its `on_refused`, as an index into [`REFUSED_ACTIONS`]: the refused-record series
+    /// it always shows.
+    pub on_refused: usize,
 }
 
 pub struct Board {
@@ -237,8 +240,8 @@ pub fn render_prometheus(board: &Board) -> String {
     let _ = writeln!(out, "# TYPE ferrymq_kafka_mapping_refused_total counter");
     for (index, (counters, label)) in totals.mappings.iter().zip(&board.mappings).enumerate() {
         for reason in RefusedReason::ALL {
-            for action in OnRefused::ALL {
-                let count = counters.refused[reason as usize][action.index()];
+            for (action, action_name) in REFUSED_ACTIONS.iter().enumerate() {
+                let count = counters.refused[reason as usize][action];
                 if count == 0 && action != label.on_refused {
                     continue;
                 }
@@ -248,7 +251,7 @@ pub fn render_prometheus(board: &Board) -> String {
                     escape(&label.mqtt),
                     escape(&label.cluster),
                     reason.as_str(),
-                    action.as_str(),
+                    action_name,
                 );
             }
         }
@@ -411,7 +414,7 @@ mod tests {
             vec![MappingLabel {
                 mqtt: "devices/#".into(),
                 cluster: "main".into(),
-                on_refused: OnRefused::ReasonCode,
+                on_refused: 0,
             }],
             vec![
                 Arc::new(AtomicBool::new(true)),

@@ -53,12 +53,12 @@ impl<T: Send + 'static> ShardSenders<T> {
 }
 
 /// Receivers from every other shard, as `(shard, receiver)` pairs, taken once.
+/// The receiving end of one other shard's channel to this one.
+pub type ShardReceiver<T> = glommio::channels::shared_channel::ConnectedReceiver<T>;
+
 pub fn take_receivers<T: Send + 'static>(
     receivers: &mut Receivers<T>,
-) -> Vec<(
-    ShardId,
-    glommio::channels::shared_channel::ConnectedReceiver<T>,
-)> {
+) -> Vec<(ShardId, ShardReceiver<T>)> {
     receivers.streams()
 }
 
@@ -155,6 +155,16 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
 }
 
 /// Lets other tasks of this shard run: used to bound the work of one loop turn.
+/// Runs a blocking call (removing a file, say) on this shard's blocking thread, so that
+/// the shard's own thread keeps serving its sockets meanwhile.
+pub async fn spawn_blocking<F, R>(call: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(call).await
+}
+
 pub async fn yield_now() {
     glommio::yield_if_needed().await;
 }
