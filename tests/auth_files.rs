@@ -4,16 +4,19 @@
 //! `ferrymq passwd` writes are accepted by Mosquitto, and ACL decisions agree with what
 //! Mosquitto does with the same `acl_file`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use ferrymq::auth::{
     Access, Acl, AuthConfig, AuthDecision, AuthSnapshot, AuthStore, Authenticator, ClientIdentity,
     Credentials, DenyReason, PasswordFile,
@@ -42,14 +45,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run(command: &mut Command) -> Output {

@@ -31,19 +31,20 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::kafka;
 use common::metrics::{http_get, metric};
-use common::{free_port, Broker};
+use common::raw::{try_read_until_closed, RawClient};
+use common::rumqttc::{options4, options5, qos4, qos5, v4, v5};
+use common::{free_port, run_bounded, Broker};
+use ferrymq::protocol::{Connect, Packet, Protocol};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode as ConnectCode5, PubAckReason, PubRecReason, SubscribeReasonCode as SubCode5,
 };
@@ -119,41 +120,11 @@ fn password_file(dir: &Dir, users: &[(&str, &str)]) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // Mosquitto's clients
 
-/// Runs `program ARGS` (a mosquitto client), bounded by `WAIT`: (exit code, stdout, stderr).
-fn run_bounded(program: &str, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{program} {args:?} did not finish within {WAIT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+/// Runs `program ARGS` (a Mosquitto program), bounded by `WAIT`: (exit code, stdout, stderr).
+fn run_mosquitto(program: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(program);
+    command.args(args);
+    let (status, stdout, stderr) = run_bounded(command, None, WAIT);
     (status.code().unwrap_or(-1), stdout, stderr)
 }
 
@@ -171,7 +142,7 @@ fn mosquitto_pub(
         all.extend(["-u", user, "-P", password]);
     }
     all.extend(args);
-    let (code, _, stderr) = run_bounded("mosquitto_pub", &all);
+    let (code, _, stderr) = run_mosquitto("mosquitto_pub", &all);
     (code, stderr)
 }
 
@@ -197,7 +168,7 @@ fn wait_sys(broker: &Broker, login: (&str, &str), topic: &str, expected: &str) -
     let port = broker.port.to_string();
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, stdout, _) = run_bounded(
+        let (_, stdout, _) = run_mosquitto(
             "mosquitto_sub",
             &[
                 "-h",
@@ -239,148 +210,6 @@ impl V {
             V::V311 => "mqttv311",
             V::V5 => "mqttv5",
         }
-    }
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A rumqttc client whose event loop runs on a thread of its own; events are buffered so
-/// that waiting for one kind (a PUBACK) never loses another (a PUBLISH). The thread stops
-/// at the first connection error, so rumqttc never reconnects behind a test's back.
-macro_rules! driven_client {
-    ($module:ident, $($imports:item)*) => {
-        mod $module {
-            use super::*;
-            $($imports)*
-
-            pub struct Mqtt {
-                pub client: Client,
-                rx: Receiver<Result<Event, ConnectionError>>,
-                /// (topic, payload) of every PUBLISH received, in order.
-                pub received: Vec<(String, String)>,
-                incoming: VecDeque<Packet>,
-                closed: Option<ConnectionError>,
-            }
-
-            impl Mqtt {
-                /// Runs `connection` and waits for its CONNACK: the client if it accepts,
-                /// the error (`ConnectionRefused(code)`) if not.
-                pub fn start(client: Client, mut connection: Connection) -> Result<Mqtt, Box<ConnectionError>> {
-                    let (tx, rx) = mpsc::channel();
-                    thread::spawn(move || {
-                        while let Ok(event) = connection.recv() {
-                            let stop = event.is_err();
-                            if tx.send(event).is_err() || stop {
-                                break;
-                            }
-                        }
-                    });
-                    match rx.recv_timeout(WAIT) {
-                        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok(Mqtt {
-                            client,
-                            rx,
-                            received: Vec::new(),
-                            incoming: VecDeque::new(),
-                            closed: None,
-                        }),
-                        Ok(Err(error)) => Err(Box::new(error)),
-                        other => panic!("expected a CONNACK, got {other:?}"),
-                    }
-                }
-
-                /// Takes one event before `deadline`; `false` on timeout or once closed.
-                fn poll(&mut self, deadline: Instant) -> bool {
-                    if self.closed.is_some() {
-                        return false;
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match self.rx.recv_timeout(left) {
-                        Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => self
-                            .received
-                            .push((lossy(publish.topic.as_ref()), lossy(&publish.payload))),
-                        Ok(Ok(Event::Incoming(packet))) => self.incoming.push_back(packet),
-                        Ok(Ok(Event::Outgoing(_))) => {}
-                        Ok(Err(error)) => self.closed = Some(error),
-                        Err(_) => return false,
-                    }
-                    true
-                }
-
-                /// Takes every event that comes within `period`.
-                pub fn drain(&mut self, period: Duration) {
-                    let deadline = Instant::now() + period;
-                    while self.poll(deadline) {}
-                }
-
-                /// Whether a PUBLISH with `payload` arrived, waiting up to `timeout` for it.
-                pub fn got(&mut self, payload: &str, timeout: Duration) -> bool {
-                    let deadline = Instant::now() + timeout;
-                    loop {
-                        if self.received.iter().any(|(_, p)| p == payload) {
-                            return true;
-                        }
-                        if !self.poll(deadline) {
-                            return self.received.iter().any(|(_, p)| p == payload);
-                        }
-                    }
-                }
-
-                /// The first packet (not a PUBLISH) received that `wanted` accepts.
-                pub fn incoming(&mut self, what: &str, wanted: impl Fn(&Packet) -> bool) -> Packet {
-                    let deadline = Instant::now() + WAIT;
-                    loop {
-                        if let Some(at) = self.incoming.iter().position(&wanted) {
-                            return self.incoming.remove(at).unwrap();
-                        }
-                        if !self.poll(deadline) {
-                            panic!("no {what} within {WAIT:?} (closed: {:?})", self.closed);
-                        }
-                    }
-                }
-
-                /// Whether the connection is still open (events pending are taken first).
-                pub fn is_open(&mut self) -> bool {
-                    self.drain(Duration::ZERO);
-                    self.closed.is_none()
-                }
-
-                /// Sends DISCONNECT and waits for the broker to close the connection.
-                pub fn disconnect(mut self) {
-                    let _ = self.client.disconnect();
-                    let deadline = Instant::now() + WAIT;
-                    while self.closed.is_none() && self.poll(deadline) {}
-                }
-            }
-        }
-    };
-}
-
-driven_client! {
-    v4,
-    use rumqttc::{Client, Connection, ConnectionError, Event, Packet};
-}
-driven_client! {
-    v5,
-    use rumqttc::v5::{Client, Connection, ConnectionError, Event};
-    use rumqttc::v5::mqttbytes::v5::Packet;
-}
-
-fn qos4(qos: u8) -> rumqttc::QoS {
-    match qos {
-        0 => rumqttc::QoS::AtMostOnce,
-        1 => rumqttc::QoS::AtLeastOnce,
-        _ => rumqttc::QoS::ExactlyOnce,
-    }
-}
-
-fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
-    use rumqttc::v5::mqttbytes::QoS;
-    match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }
 
@@ -437,8 +266,7 @@ type Login<'a> = Option<(&'a str, &'a str)>;
 fn connect(broker: &Broker, v: V, id: &str, login: Login, will: Option<&str>) -> Result<Mqtt, u8> {
     match v {
         V::V311 => {
-            let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
-            options.set_keep_alive(Duration::from_secs(30));
+            let mut options = options4(broker.port, id);
             if let Some((user, password)) = login {
                 options.set_credentials(user, password);
             }
@@ -453,10 +281,7 @@ fn connect(broker: &Broker, v: V, id: &str, login: Login, will: Option<&str>) ->
             }
         }
         V::V5 => {
-            let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", broker.port);
-            options
-                .set_keep_alive(Duration::from_secs(30))
-                .set_max_packet_size(Some(1 << 20));
+            let mut options = options5(broker.port, id);
             if let Some((user, password)) = login {
                 options.set_credentials(user, password);
             }
@@ -625,8 +450,8 @@ impl Mqtt {
 
     fn disconnect(self) {
         match self {
-            Mqtt::V4(m) => m.disconnect(),
-            Mqtt::V5(m) => m.disconnect(),
+            Mqtt::V4(m) => m.disconnect_quietly(),
+            Mqtt::V5(m) => m.disconnect_quietly(),
         }
     }
 }
@@ -634,33 +459,21 @@ impl Mqtt {
 // ---------------------------------------------------------------------------------------
 // 1. Credentials
 
-/// A CONNECT with a user name and password, encoded here, over a plain socket: every byte
-/// the broker answers with until it closes the connection; `None` if it does not close it
-/// within `WAIT`.
+/// A CONNECT with a user name and password (clean session, keep alive 30 s), over a plain
+/// socket: every byte the broker answers with until it closes the connection; `None` if it
+/// does not close it within `WAIT`.
 fn raw_connect(broker: &Broker, v: V, user: &str, password: &str) -> Option<Vec<u8>> {
-    fn field(body: &mut Vec<u8>, bytes: &[u8]) {
-        body.extend((bytes.len() as u16).to_be_bytes());
-        body.extend(bytes);
-    }
-    let mut body = Vec::new();
-    field(&mut body, b"MQTT");
-    body.push(if v == V::V5 { 5 } else { 4 });
-    body.push(0xC2); // user name, password, clean session
-    body.extend(30u16.to_be_bytes());
-    if v == V::V5 {
-        body.push(0); // no properties
-    }
-    field(&mut body, b"raw-connect");
-    field(&mut body, user.as_bytes());
-    field(&mut body, password.as_bytes());
-    assert!(body.len() < 128, "one-byte remaining length");
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    let mut stream = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&packet).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok().map(|_| answer)
+    let protocol = if v == V::V5 {
+        Protocol::V5
+    } else {
+        Protocol::V3_1_1
+    };
+    let mut connect = Connect::new(protocol, "raw-connect", 30);
+    connect.username = Some(user.into());
+    connect.password = Some(password.as_bytes().to_vec().into());
+    let mut client = RawClient::open(broker.addr(), protocol, WAIT);
+    client.send(&Packet::Connect(Box::new(connect)));
+    try_read_until_closed(&mut client.tcp, Vec::new()).ok()
 }
 
 /// The CONNACK for right, wrong and unknown credentials and for anonymous clients, from
@@ -802,7 +615,7 @@ fn credentials_are_checked_and_refusals_counted() {
 fn allow_anonymous_and_a_mosquitto_passwd_file() {
     let dir = Dir::new("anonymous");
     let passwd = dir.file("mosquitto.passwd");
-    let (code, stdout, stderr) = run_bounded(
+    let (code, stdout, stderr) = run_mosquitto(
         "mosquitto_passwd",
         &["-c", "-b", text(&passwd), "carol", "c4rol's pw"],
     );

@@ -12,13 +12,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use common::{id_on, shard_count, shard_of, Broker};
+use common::{id_on, run_bounded, shard_count, shard_of, Broker};
 
 /// How long any one client may take to do its part.
 const STEP: Duration = Duration::from_secs(5);
@@ -246,49 +246,6 @@ impl Drop for Sub {
     }
 }
 
-/// Runs a command to completion within STEP, feeding `stdin`; (status, stdout, stderr).
-fn run_bounded(mut command: Command, stdin: Option<&str>) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).unwrap();
-    }
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let until = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {STEP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
-}
-
 /// `mosquitto_pub -V <v> -h 127.0.0.1 -p <port> -i <id> <args>`; must succeed.
 fn publish(broker: &Broker, v: V, id: &str, args: &[&str]) {
     publish_lines(broker, v, id, args, None);
@@ -305,7 +262,7 @@ fn publish_lines(broker: &Broker, v: V, id: &str, args: &[&str], lines: Option<&
     if lines.is_some() {
         command.arg("-l");
     }
-    let (status, out, err) = run_bounded(command, lines);
+    let (status, out, err) = run_bounded(command, lines, STEP);
     assert!(
         status.success(),
         "mosquitto_pub {} {args:?} failed: {status}\n{out}{err}",
@@ -1304,7 +1261,7 @@ fn config_file_errors_exit_2_with_one_line_naming_the_key() {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", common::free_port()))
             .args(["--cores", "0"]);
-        let (status, out, err) = run_bounded(command, None);
+        let (status, out, err) = run_bounded(command, None, STEP);
         assert_eq!(status.code(), Some(2), "{text:?}: {status}\n{out}{err}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{text:?}: stderr {err:?}");

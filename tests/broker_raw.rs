@@ -12,188 +12,50 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::Broker;
-use ferrymq::broker::shard::shard_for;
+use common::raw::{encode, qos1_publish, read_until_closed, RawClient};
+use common::{id_on, shard_count, Broker};
 use ferrymq::protocol::{
-    ConnAck, Connect, Decoder, Packet, Protocol, PubAck, Publish, QoS, ReasonCode, Subscribe,
-    Subscription, SubscriptionOptions, PACKET_SIZE_BYTES_MAX,
+    ConnAck, Connect, Packet, Protocol, PubAck, QoS, ReasonCode, Subscribe, Subscription,
+    SubscriptionOptions,
 };
 
 /// How long a test waits for any one answer before it fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A client id that shard `shard` (of two) owns.
-fn id_on_shard(shard: usize, prefix: &str) -> String {
-    (0..)
-        .map(|n| format!("{prefix}-{n}"))
-        .find(|id| shard_for(id.as_bytes(), 2) == shard)
-        .unwrap()
-}
-
-fn two_shards() -> bool {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-}
-
 fn open(broker: &Broker) -> TcpStream {
-    let stream = TcpStream::connect(broker.addr()).unwrap();
-    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
+    common::raw::open(broker.addr(), READ_TIMEOUT)
 }
 
-fn encode(packet: &Packet, protocol: Protocol) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    packet.encode(protocol, &mut buf);
-    buf.to_vec()
+/// A client of `protocol` on a new connection; nothing sent yet.
+fn client(broker: &Broker, protocol: Protocol) -> RawClient {
+    RawClient::open(broker.addr(), protocol, READ_TIMEOUT)
 }
 
-/// Appends everything the broker sends to `got` until it closes the connection. A reset
-/// counts as closed: the broker may close with bytes of ours still unread. Fails if the
-/// connection stays open for `READ_TIMEOUT`.
-fn read_until_closed(stream: &mut TcpStream, mut got: Vec<u8>) -> Vec<u8> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("connection not closed ({e}); received so far: {got:02X?}"),
-        }
-    }
+/// Sends `connect` on a new connection and returns the client and the CONNACK.
+fn connect_with(broker: &Broker, connect: Connect) -> (RawClient, ConnAck) {
+    let mut client = client(broker, connect.protocol);
+    let connack = client.connect(connect);
+    (client, connack)
 }
 
-/// A client connection: raw writes, decoded reads.
-struct Client {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-    protocol: Protocol,
-}
-
-impl Client {
-    /// Sends `connect` and returns the CONNACK.
-    fn connect(broker: &Broker, connect: Connect) -> (Client, ConnAck) {
-        let protocol = connect.protocol;
-        let mut client = Client {
-            stream: open(broker),
-            decoder: Decoder::client(protocol, PACKET_SIZE_BYTES_MAX),
-            buf: BytesMut::new(),
-            protocol,
-        };
-        client.send(Packet::Connect(Box::new(connect)));
-        match client.recv() {
-            Some(Packet::ConnAck(connack)) => (client, *connack),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// A clean-start client `id` without keep alive, accepted.
-    fn connected(broker: &Broker, protocol: Protocol, id: &str) -> Client {
-        let (client, connack) = Client::connect(broker, Connect::new(protocol, id, 0));
-        assert_eq!(connack.reason_code, ReasonCode::Success, "CONNACK of {id}");
-        client
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let bytes = encode(&packet, self.protocol);
-        self.send_raw(&bytes);
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// The next packet, or `None` once the broker closed the connection.
-    fn recv(&mut self) -> Option<Packet> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(packet)) => return Some(packet),
-                Ok(None) => {}
-                Err(e) => panic!("the broker sent a malformed packet: {e}"),
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-                Err(e) => panic!("no packet from the broker: {e}"),
-            }
-        }
-        assert!(
-            self.buf.is_empty(),
-            "closed inside a packet: {:02X?}",
-            self.buf
-        );
-        None
-    }
-
-    fn expect(&mut self) -> Packet {
-        self.recv()
-            .expect("a packet, not the end of the connection")
-    }
-
-    /// Reads exactly as many bytes as `expected` and asserts they are `expected`.
-    fn expect_bytes(&mut self, expected: &[u8]) {
-        let mut got = self.buf.split().to_vec();
-        let mut chunk = [0u8; 4096];
-        while got.len() < expected.len() {
-            match self.stream.read(&mut chunk[..expected.len() - got.len()]) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("waiting for {expected:02X?}, got {got:02X?}: {e}"),
-            }
-        }
-        assert_eq!(got, expected);
-    }
-
-    /// The raw bytes the broker sends from now until it closes the connection.
-    fn rest_until_closed(&mut self) -> Vec<u8> {
-        let pending = self.buf.split().to_vec();
-        read_until_closed(&mut self.stream, pending)
-    }
-}
-
-fn subscribe(client: &mut Client, packet_id: u16, filter: &str, qos: QoS) {
-    let subscription = Subscription {
-        filter: filter.into(),
-        options: SubscriptionOptions {
-            qos,
-            ..Default::default()
-        },
-    };
-    client.send(Packet::Subscribe(Subscribe::new(
-        packet_id,
-        vec![subscription],
-    )));
-    match client.expect() {
-        Packet::SubAck(suback) => {
-            assert_eq!(suback.packet_id, packet_id);
-            assert!(!suback.reason_codes[0].is_error(), "{suback:?}");
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
-}
-
-fn qos1_publish(topic: &str, packet_id: u16, payload: &[u8]) -> Packet {
-    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
-    publish.packet_id = packet_id;
-    Packet::Publish(publish)
+/// A clean-start client `id` without keep alive, accepted.
+fn connected(broker: &Broker, protocol: Protocol, id: &str) -> RawClient {
+    client(broker, protocol).connected(id)
 }
 
 /// Two well-behaved clients on different shards: a 3.1.1 publisher and a 5.0 subscriber
 /// exchanging QoS 1 messages while bad clients are thrown out around them.
 struct GoodPair {
-    publisher: Client,
-    subscriber: Client,
+    publisher: RawClient,
+    subscriber: RawClient,
     packet_id: u16,
 }
 
 impl GoodPair {
     fn start(broker: &Broker) -> GoodPair {
-        let mut subscriber = Client::connected(broker, Protocol::V5, &id_on_shard(0, "good-sub"));
-        subscribe(&mut subscriber, 1, "good/t", QoS::AtLeastOnce);
-        let publisher = Client::connected(broker, Protocol::V3_1_1, &id_on_shard(1, "good-pub"));
+        let mut subscriber = connected(broker, Protocol::V5, &id_on(0, "good-sub"));
+        subscriber.subscribe(1, "good/t", QoS::AtLeastOnce);
+        let publisher = connected(broker, Protocol::V3_1_1, &id_on(1, "good-pub"));
         GoodPair {
             publisher,
             subscriber,
@@ -206,7 +68,7 @@ impl GoodPair {
         self.packet_id = self.packet_id.wrapping_add(1).max(1);
         let id = self.packet_id;
         self.publisher
-            .send(qos1_publish("good/t", id, label.as_bytes()));
+            .send(&qos1_publish("good/t", id, label.as_bytes()));
         match self.publisher.recv() {
             Some(Packet::PubAck(ack)) if ack.packet_id == id => {}
             other => panic!("good publisher, during {label}: expected PUBACK {id}, got {other:?}"),
@@ -216,7 +78,7 @@ impl GoodPair {
                 assert_eq!(&publish.payload[..], label.as_bytes(), "during {label}");
                 assert_eq!(publish.qos, QoS::AtLeastOnce);
                 let ack = PubAck::new(publish.packet_id);
-                self.subscriber.send(Packet::PubAck(ack));
+                self.subscriber.send(&Packet::PubAck(ack));
             }
             other => panic!("good subscriber, during {label}: expected PUBLISH, got {other:?}"),
         }
@@ -544,8 +406,8 @@ fn run_bad_clients(protocol: Protocol, cases: &[Case]) {
     good.round_trip("before");
     for (n, case) in cases.iter().enumerate() {
         // Alternate the owning shard of the bad clients.
-        let id = id_on_shard(n % 2, &format!("bad-{n}"));
-        let mut bad = Client::connected(&broker, protocol, &id);
+        let id = id_on(n % 2, &format!("bad-{n}"));
+        let mut bad = connected(&broker, protocol, &id);
         bad.send_raw(case.bytes);
         good.round_trip(case.name);
         let answer = bad.rest_until_closed();
@@ -699,7 +561,7 @@ fn v5_connack_announces_limits_and_assigned_client_id() {
     ]);
     // 3.2.2.3.3, 3.2.2.3.6, 3.2.2.3.8; [MQTT-3.2.2-16]: an empty client id gets an
     // Assigned Client Identifier.
-    let (_client, connack) = Client::connect(&broker, Connect::new(Protocol::V5, "", 0));
+    let (_client, connack) = connect_with(&broker, Connect::new(Protocol::V5, "", 0));
     assert_eq!(connack.reason_code, ReasonCode::Success);
     let properties = &connack.properties;
     assert_eq!(properties.receive_maximum, Some(7));
@@ -711,7 +573,7 @@ fn v5_connack_announces_limits_and_assigned_client_id() {
         .expect("Assigned Client Identifier");
     assert!(!assigned.is_empty());
 
-    let (_other, connack) = Client::connect(&broker, Connect::new(Protocol::V5, "", 0));
+    let (_other, connack) = connect_with(&broker, Connect::new(Protocol::V5, "", 0));
     let other = connack.properties.assigned_client_identifier.clone();
     assert!(
         other.is_some() && other.as_ref() != Some(&assigned),
@@ -719,7 +581,7 @@ fn v5_connack_announces_limits_and_assigned_client_id() {
     );
 
     // A client that brought its own id is not assigned one.
-    let (_named, connack) = Client::connect(&broker, Connect::new(Protocol::V5, "named", 0));
+    let (_named, connack) = connect_with(&broker, Connect::new(Protocol::V5, "named", 0));
     assert_eq!(connack.properties.assigned_client_identifier, None);
     assert_eq!(connack.properties.receive_maximum, Some(7));
 }
@@ -735,7 +597,7 @@ fn pipelined_connect_subscribe_publish_survive_the_hand_off() {
         } else {
             Protocol::V3_1_1
         };
-        let id = id_on_shard((n / 2) % 2, &format!("pipelined-{n}"));
+        let id = id_on((n / 2) % 2, &format!("pipelined-{n}"));
         let topic = format!("handoff/{n}");
         let mut bytes = encode(
             &Packet::Connect(Box::new(Connect::new(protocol, id.as_str(), 0))),
@@ -754,12 +616,7 @@ fn pipelined_connect_subscribe_publish_survive_the_hand_off() {
         ));
         bytes.extend(encode(&qos1_publish(&topic, 2, id.as_bytes()), protocol));
 
-        let mut client = Client {
-            stream: open(&broker),
-            decoder: Decoder::client(protocol, PACKET_SIZE_BYTES_MAX),
-            buf: BytesMut::new(),
-            protocol,
-        };
+        let mut client = client(&broker, protocol);
         client.send_raw(&bytes);
         match client.expect() {
             Packet::ConnAck(connack) => assert_eq!(connack.reason_code, ReasonCode::Success),
@@ -783,7 +640,7 @@ fn pipelined_connect_subscribe_publish_survive_the_hand_off() {
                 Packet::Publish(publish) if !delivered => {
                     assert_eq!(&publish.topic[..], topic.as_str());
                     assert_eq!(&publish.payload[..], id.as_bytes());
-                    client.send(Packet::PubAck(PubAck::new(publish.packet_id)));
+                    client.send(&Packet::PubAck(PubAck::new(publish.packet_id)));
                     delivered = true;
                 }
                 other => panic!("{id}: expected PUBACK and PUBLISH, got {other:?}"),
@@ -792,17 +649,12 @@ fn pipelined_connect_subscribe_publish_survive_the_hand_off() {
         client.send_raw(&[0xE0, 0x00]);
     }
 
-    if two_shards() {
+    if shard_count() == 2 {
         // The broker's own count says a hand-off happened. The watcher brings no client
         // id: the one it is assigned is owned by the shard that accepted it, so it is not
         // handed off itself.
-        let mut watcher = Client::connected(&broker, Protocol::V5, "");
-        subscribe(
-            &mut watcher,
-            1,
-            "$SYS/broker/connections/handed_off",
-            QoS::AtMostOnce,
-        );
+        let mut watcher = connected(&broker, Protocol::V5, "");
+        watcher.subscribe(1, "$SYS/broker/connections/handed_off", QoS::AtMostOnce);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             assert!(Instant::now() < deadline, "no hand-off counted in $SYS");
@@ -820,8 +672,8 @@ fn pipelined_connect_subscribe_publish_survive_the_hand_off() {
 }
 
 /// CONNECT with keep alive 1 s.
-fn connect_keep_alive_1(broker: &Broker, protocol: Protocol, id: &str) -> Client {
-    let (client, connack) = Client::connect(broker, Connect::new(protocol, id, 1));
+fn connect_keep_alive_1(broker: &Broker, protocol: Protocol, id: &str) -> RawClient {
+    let (client, connack) = connect_with(broker, Connect::new(protocol, id, 1));
     assert_eq!(connack.reason_code, ReasonCode::Success);
     assert_eq!(connack.properties.server_keep_alive_secs, None);
     client
@@ -860,7 +712,7 @@ fn v311_pingreq_keeps_alive_then_silence_closes() {
         client.send_raw(&[0xC0, 0x00]);
         last = Instant::now();
         let mut pingresp = [0u8; 2];
-        client.stream.read_exact(&mut pingresp).unwrap();
+        client.tcp.read_exact(&mut pingresp).unwrap();
         assert_eq!(pingresp, [0xD0, 0x00]);
     }
     // 3.1.1 [MQTT-3.1.2-24]: then silence: closed, without a word in 3.1.1.
@@ -871,10 +723,10 @@ fn v311_pingreq_keeps_alive_then_silence_closes() {
 #[test]
 fn v5_pingreq_gets_pingresp() {
     let broker = Broker::start();
-    let mut client = Client::connected(&broker, Protocol::V5, "ping-5");
+    let mut client = connected(&broker, Protocol::V5, "ping-5");
     client.send_raw(&[0xC0, 0x00]);
     let mut pingresp = [0u8; 2];
-    client.stream.read_exact(&mut pingresp).unwrap();
+    client.tcp.read_exact(&mut pingresp).unwrap();
     assert_eq!(pingresp, [0xD0, 0x00]);
 }
 
@@ -887,14 +739,14 @@ fn v5_disconnect_cannot_set_session_expiry_after_zero() {
     // Section 3.14.2.2.2: "If the Session Expiry Interval in the CONNECT packet was zero,
     // then it is a Protocol Error to set a non-zero Session Expiry Interval in the
     // DISCONNECT packet" [MQTT-4.13.1-1]: DISCONNECT 0x82, then close.
-    let mut client = Client::connected(&broker, Protocol::V5, "expiry-0");
+    let mut client = connected(&broker, Protocol::V5, "expiry-0");
     client.send_raw(&disconnect_expiry_10);
     assert_eq!(client.rest_until_closed(), [0xE0, 0x02, 0x82, 0x00]);
 
     // With a non-zero expiry in CONNECT, the same DISCONNECT is a normal close.
     let mut connect = Connect::new(Protocol::V5, "expiry-60", 0);
     connect.properties.session_expiry_interval_secs = Some(60);
-    let (mut client, connack) = Client::connect(&broker, connect);
+    let (mut client, connack) = connect_with(&broker, connect);
     assert_eq!(connack.reason_code, ReasonCode::Success);
     client.send_raw(&disconnect_expiry_10);
     assert_eq!(client.rest_until_closed(), [0u8; 0]);
@@ -903,10 +755,10 @@ fn v5_disconnect_cannot_set_session_expiry_after_zero() {
 #[test]
 fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
     let broker = Broker::start();
-    let mut subscriber = Client::connected(&broker, Protocol::V5, &id_on_shard(0, "alias-sub"));
-    subscribe(&mut subscriber, 1, "alias/t", QoS::AtMostOnce);
-    let publisher_id = id_on_shard(1, "alias-pub");
-    let mut publisher = Client::connected(&broker, Protocol::V5, &publisher_id);
+    let mut subscriber = connected(&broker, Protocol::V5, &id_on(0, "alias-sub"));
+    subscriber.subscribe(1, "alias/t", QoS::AtMostOnce);
+    let publisher_id = id_on(1, "alias-pub");
+    let mut publisher = connected(&broker, Protocol::V5, &publisher_id);
     // [MQTT-3.3.2-12]: PUBLISH QoS 1 "alias/t" setting alias 1, then
     // PUBLISH QoS 1 with an empty topic and alias 1.
     publisher.send_raw(&[
@@ -917,7 +769,7 @@ fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
         0x32, 0x09, 0x00, 0x00, 0x00, 0x02, 0x03, 0x23, 0x00, 0x01, b'2',
     ]);
     let mut pubacks = [0u8; 8];
-    publisher.stream.read_exact(&mut pubacks).unwrap();
+    publisher.tcp.read_exact(&mut pubacks).unwrap();
     assert_eq!(pubacks, [0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x02]);
     for payload in [b"1", b"2"] {
         match subscriber.expect() {
@@ -935,7 +787,7 @@ fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
     assert_eq!(publisher.rest_until_closed(), [0u8; 0]);
 
     // [MQTT-3.3.2-7]: a new connection of the same client does not know alias 1.
-    let mut publisher = Client::connected(&broker, Protocol::V5, &publisher_id);
+    let mut publisher = connected(&broker, Protocol::V5, &publisher_id);
     publisher.send_raw(&[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01, b'3']);
     assert_eq!(publisher.rest_until_closed(), [0xE0, 0x02, 0x82, 0x00]);
 }
@@ -943,8 +795,8 @@ fn v5_topic_alias_is_set_reused_and_not_carried_to_a_new_connection() {
 #[test]
 fn connections_max_closes_the_extra_connection_at_once() {
     let broker = Broker::start_with(&["--connections-max", "3"]);
-    let mut clients: Vec<Client> = (0..3)
-        .map(|n| Client::connected(&broker, Protocol::V3_1_1, &format!("max-{n}")))
+    let mut clients: Vec<RawClient> = (0..3)
+        .map(|n| connected(&broker, Protocol::V3_1_1, &format!("max-{n}")))
         .collect();
 
     // The 4th is closed without a word, even after sending a valid CONNECT.
@@ -964,7 +816,7 @@ fn connections_max_closes_the_extra_connection_at_once() {
     for client in &mut clients {
         client.send_raw(&[0xC0, 0x00]);
         let mut pingresp = [0u8; 2];
-        client.stream.read_exact(&mut pingresp).unwrap();
+        client.tcp.read_exact(&mut pingresp).unwrap();
         assert_eq!(pingresp, [0xD0, 0x00]);
     }
 
@@ -1014,7 +866,7 @@ fn bad_packet_in_the_same_write_as_connect_follows_the_hand_off() {
     // CONNECT and a PUBLISH with QoS 3 in one write, for ids of both shards: whichever shard
     // accepts, the owner answers CONNACK, then DISCONNECT 0x81 [MQTT-3.3.1-4].
     for n in 0..8 {
-        let id = id_on_shard(n % 2, &format!("pipelined-bad-{n}"));
+        let id = id_on(n % 2, &format!("pipelined-bad-{n}"));
         let mut bytes = encode(
             &Packet::Connect(Box::new(Connect::new(Protocol::V5, id.as_str(), 0))),
             Protocol::V5,
@@ -1040,9 +892,9 @@ fn bad_packet_in_the_same_write_as_connect_follows_the_hand_off() {
 fn session_take_over_disconnects_the_old_connection_with_0x8e() {
     let broker = Broker::start();
     for shard in 0..2 {
-        let id = id_on_shard(shard, "taken");
-        let mut old = Client::connected(&broker, Protocol::V5, &id);
-        let mut new = Client::connected(&broker, Protocol::V5, &id);
+        let id = id_on(shard, "taken");
+        let mut old = connected(&broker, Protocol::V5, &id);
+        let mut new = connected(&broker, Protocol::V5, &id);
         // [MQTT-3.1.4-3]: DISCONNECT 0x8E to the existing connection, then close.
         assert_eq!(old.rest_until_closed(), [0xE0, 0x02, 0x8E, 0x00]);
         new.send_raw(&[0xC0, 0x00]);
@@ -1053,7 +905,7 @@ fn session_take_over_disconnects_the_old_connection_with_0x8e() {
 #[test]
 fn v5_qos2_receive_maximum_counts_until_pubrel() {
     let broker = Broker::start_with(&["--receive-maximum", "2"]);
-    let mut client = Client::connected(&broker, Protocol::V5, "qos2");
+    let mut client = connected(&broker, Protocol::V5, "qos2");
     // PUBLISH QoS 2 "q" ids 1 and 2: PUBREC for each.
     client.send_raw(&[
         0x34, 0x06, 0x00, 0x01, b'q', 0x00, 0x01, 0x00, //
@@ -1081,10 +933,10 @@ fn v5_qos2_receive_maximum_counts_until_pubrel() {
 fn v5_disconnect_may_set_session_expiry_when_connect_asked_for_one() {
     // The server grants no session expiry at all, and says so in CONNACK (0).
     let broker = Broker::start_with(&["--session-expiry-secs-max", "0"]);
-    let mut watcher = Client::connected(&broker, Protocol::V5, &id_on_shard(0, "will-watcher"));
-    subscribe(&mut watcher, 1, "will/t", QoS::AtMostOnce);
+    let mut watcher = connected(&broker, Protocol::V5, &id_on(0, "will-watcher"));
+    watcher.subscribe(1, "will/t", QoS::AtMostOnce);
 
-    let mut connect = Connect::new(Protocol::V5, id_on_shard(1, "asked-60").as_str(), 0);
+    let mut connect = Connect::new(Protocol::V5, id_on(1, "asked-60").as_str(), 0);
     connect.properties.session_expiry_interval_secs = Some(60);
     connect.will = Some(ferrymq::protocol::Will {
         qos: QoS::AtMostOnce,
@@ -1093,7 +945,7 @@ fn v5_disconnect_may_set_session_expiry_when_connect_asked_for_one() {
         topic: "will/t".into(),
         payload: bytes::Bytes::from_static(b"will"),
     });
-    let (mut client, connack) = Client::connect(&broker, connect);
+    let (mut client, connack) = connect_with(&broker, connect);
     assert_eq!(connack.reason_code, ReasonCode::Success);
     assert_eq!(connack.properties.session_expiry_interval_secs, Some(0));
     // Section 3.14.2.2.2: only a zero Session Expiry Interval *in the CONNECT packet* makes
@@ -1102,11 +954,11 @@ fn v5_disconnect_may_set_session_expiry_when_connect_asked_for_one() {
     client.send_raw(&[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x3C]);
     assert_eq!(client.rest_until_closed(), [0u8; 0]);
     watcher
-        .stream
+        .tcp
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut buf = [0u8; 64];
-    match watcher.stream.read(&mut buf) {
+    match watcher.tcp.read(&mut buf) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         Ok(n) => panic!(
             "the will went out after a normal disconnection: {:02X?}",
@@ -1124,13 +976,13 @@ fn v5_server_sets_topic_aliases_up_to_the_client_maximum() {
     let broker = Broker::start();
     let mut connect = Connect::new(Protocol::V5, "alias-receiver", 0);
     connect.properties.topic_alias_maximum = Some(2);
-    let (mut receiver, connack) = Client::connect(&broker, connect);
+    let (mut receiver, connack) = connect_with(&broker, connect);
     assert_eq!(connack.reason_code, ReasonCode::Success);
-    subscribe(&mut receiver, 1, "alias/#", QoS::AtMostOnce);
-    let mut publisher = Client::connected(&broker, Protocol::V3_1_1, "alias-publisher");
+    receiver.subscribe(1, "alias/#", QoS::AtMostOnce);
+    let mut publisher = connected(&broker, Protocol::V3_1_1, "alias-publisher");
     let topics = ["alias/a", "alias/a", "alias/b", "alias/c", "alias/b"];
     for (index, topic) in topics.iter().enumerate() {
-        publisher.send(qos1_publish(topic, index as u16 + 1, topic.as_bytes()));
+        publisher.send(&qos1_publish(topic, index as u16 + 1, topic.as_bytes()));
         assert!(matches!(publisher.expect(), Packet::PubAck(_)));
     }
     let mut seen = Vec::new();

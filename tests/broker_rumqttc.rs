@@ -7,219 +7,28 @@
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::mpsc::{self, Receiver};
+use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Broker;
-use ferrymq::broker::shard::shard_for;
+use common::raw::RawClient;
+use common::rumqttc::{connect4_with, connect5_with, options4, options5, qos4, qos5, v4, v5, WAIT};
+use common::{id_on, Broker};
+use ferrymq::protocol::{Connect, Protocol, ReasonCode};
 use rumqttc::v5::mqttbytes::v5::{
     Filter, PublishProperties, RetainForwardRule, SubscribeProperties,
 };
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::QoS;
 
-/// Longest wait for something that must happen.
-const WAIT: Duration = Duration::from_secs(5);
 /// How long to watch for something that must not happen.
 const QUIET: Duration = Duration::from_millis(400);
-
-/// Shards of the test broker: two where the machine has two CPUs (see `common`).
-fn shard_count() -> usize {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus >= 2 {
-        2
-    } else {
-        1
-    }
-}
-
-/// A client id starting with `prefix` that shard `shard` owns.
-fn id_on(shard: usize, prefix: &str) -> String {
-    let count = shard_count();
-    (0u32..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| shard_for(id.as_bytes(), count) == shard % count)
-        .unwrap()
-}
-
-/// A rumqttc client whose event loop runs on a thread of its own; events are buffered so
-/// that waiting for one kind (a SUBACK, say) never loses another (a PUBLISH). The thread
-/// stops at the first connection error, so rumqttc never reconnects behind a test's back.
-macro_rules! driven_client {
-    ($module:ident, $($imports:item)*) => {
-        mod $module {
-            use super::*;
-            $($imports)*
-
-            pub struct Mqtt {
-                pub client: Client,
-                pub connack: ConnAck,
-                rx: Receiver<Result<Event, ConnectionError>>,
-                publishes: VecDeque<Publish>,
-                incoming: VecDeque<Packet>,
-                closed: Option<ConnectionError>,
-            }
-
-            impl Mqtt {
-                /// Runs `connection` and waits for its CONNACK, which must accept.
-                pub fn start(client: Client, mut connection: Connection) -> Mqtt {
-                    let (tx, rx) = mpsc::channel();
-                    thread::spawn(move || {
-                        while let Ok(event) = connection.recv() {
-                            let stop = event.is_err();
-                            if tx.send(event).is_err() || stop {
-                                break;
-                            }
-                        }
-                    });
-                    match rx.recv_timeout(WAIT) {
-                        Ok(Ok(Event::Incoming(Packet::ConnAck(connack)))) => Mqtt {
-                            client,
-                            connack,
-                            rx,
-                            publishes: VecDeque::new(),
-                            incoming: VecDeque::new(),
-                            closed: None,
-                        },
-                        other => panic!("expected an accepting CONNACK, got {other:?}"),
-                    }
-                }
-
-                /// Takes one event before `deadline`; `false` on timeout or once closed.
-                fn poll(&mut self, deadline: Instant) -> bool {
-                    if self.closed.is_some() {
-                        return false;
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match self.rx.recv_timeout(left) {
-                        Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
-                            self.publishes.push_back(publish)
-                        }
-                        Ok(Ok(Event::Incoming(packet))) => self.incoming.push_back(packet),
-                        Ok(Ok(Event::Outgoing(_))) => {}
-                        Ok(Err(error)) => self.closed = Some(error),
-                        Err(_) => return false,
-                    }
-                    true
-                }
-
-                /// The next PUBLISH received, if one comes within `timeout`.
-                pub fn try_publish(&mut self, timeout: Duration) -> Option<Publish> {
-                    let deadline = Instant::now() + timeout;
-                    loop {
-                        if let Some(publish) = self.publishes.pop_front() {
-                            return Some(publish);
-                        }
-                        if !self.poll(deadline) {
-                            return None;
-                        }
-                    }
-                }
-
-                /// The next PUBLISH received; fails the test after `WAIT`.
-                pub fn publish(&mut self) -> Publish {
-                    match self.try_publish(WAIT) {
-                        Some(publish) => publish,
-                        None => panic!("no PUBLISH within {WAIT:?} (closed: {:?})", self.closed),
-                    }
-                }
-
-                pub fn publishes(&mut self, count: usize) -> Vec<Publish> {
-                    (0..count).map(|_| self.publish()).collect()
-                }
-
-                /// Fails the test if a PUBLISH arrives within `quiet`.
-                pub fn no_publish(&mut self, quiet: Duration) {
-                    if let Some(publish) = self.try_publish(quiet) {
-                        panic!("unexpected PUBLISH {publish:?}");
-                    }
-                }
-
-                /// The first packet (not a PUBLISH) received that `wanted` accepts.
-                pub fn incoming(&mut self, what: &str, wanted: impl Fn(&Packet) -> bool) -> Packet {
-                    let deadline = Instant::now() + WAIT;
-                    loop {
-                        if let Some(at) = self.incoming.iter().position(&wanted) {
-                            return self.incoming.remove(at).unwrap();
-                        }
-                        if !self.poll(deadline) {
-                            panic!("no {what} within {WAIT:?} (closed: {:?})", self.closed);
-                        }
-                    }
-                }
-
-                /// Waits until the broker closes the connection; returns how it ended.
-                pub fn closed(&mut self) -> ConnectionError {
-                    let deadline = Instant::now() + WAIT;
-                    while self.closed.is_none() {
-                        if !self.poll(deadline) && self.closed.is_none() {
-                            panic!("connection still open after {WAIT:?}");
-                        }
-                    }
-                    self.closed.take().unwrap()
-                }
-
-                pub fn wait_suback(&mut self) -> SubAck {
-                    match self.incoming("SUBACK", |p| matches!(p, Packet::SubAck(_))) {
-                        Packet::SubAck(suback) => suback,
-                        _ => unreachable!(),
-                    }
-                }
-
-                /// Waits for the end of a publish exchange: PUBACK for QoS 1, PUBCOMP for 2.
-                pub fn wait_acked(&mut self, qos: u8) {
-                    match qos {
-                        1 => {
-                            self.incoming("PUBACK", |p| matches!(p, Packet::PubAck(_)));
-                        }
-                        2 => {
-                            self.incoming("PUBCOMP", |p| matches!(p, Packet::PubComp(_)));
-                        }
-                        _ => {}
-                    }
-                }
-
-                /// Sends DISCONNECT and waits for the broker to close the connection.
-                pub fn disconnect(mut self) {
-                    self.client.disconnect().unwrap();
-                    self.closed();
-                }
-            }
-        }
-    };
-}
-
-driven_client! {
-    v4,
-    use rumqttc::{Client, ConnAck, Connection, ConnectionError, Event, Packet, Publish, SubAck};
-}
-driven_client! {
-    v5,
-    use rumqttc::v5::{Client, Connection, ConnectionError, Event};
-    use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish, SubAck};
-}
 
 // ---------------------------------------------------------------------------------------
 // 3.1.1 clients
 
-fn options4(broker: &Broker, id: &str) -> rumqttc::MqttOptions {
-    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    options
-}
-
-fn connect4_with(options: rumqttc::MqttOptions) -> v4::Mqtt {
-    let (client, connection) = rumqttc::Client::new(options, 64);
-    v4::Mqtt::start(client, connection)
-}
-
 fn connect4(broker: &Broker, id: &str, clean_session: bool) -> v4::Mqtt {
-    let mut options = options4(broker, id);
+    let mut options = options4(broker.port, id);
     options.set_clean_session(clean_session);
     connect4_with(options)
 }
@@ -246,22 +55,9 @@ impl v4::Mqtt {
 // ---------------------------------------------------------------------------------------
 // 5.0 clients
 
-fn options5(broker: &Broker, id: &str) -> rumqttc::v5::MqttOptions {
-    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", broker.port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(Some(1 << 20));
-    options
-}
-
-fn connect5_with(options: rumqttc::v5::MqttOptions) -> v5::Mqtt {
-    let (client, connection) = rumqttc::v5::Client::new(options, 64);
-    v5::Mqtt::start(client, connection)
-}
-
 /// A 5.0 client; `session_expiry` > 0 keeps its session after the connection.
 fn connect5(broker: &Broker, id: &str, clean_start: bool, session_expiry: u32) -> v5::Mqtt {
-    let mut options = options5(broker, id);
+    let mut options = options5(broker.port, id);
     options.set_clean_start(clean_start);
     if session_expiry > 0 {
         options.set_session_expiry_interval(Some(session_expiry));
@@ -317,22 +113,6 @@ impl v5::Mqtt {
 
     fn pub_acked(&mut self, topic: &str, qos: QoS5, retain: bool, payload: &str) {
         self.pub_props(topic, qos, retain, payload, PublishProperties::default());
-    }
-}
-
-fn qos5(level: u8) -> QoS5 {
-    match level {
-        0 => QoS5::AtMostOnce,
-        1 => QoS5::AtLeastOnce,
-        _ => QoS5::ExactlyOnce,
-    }
-}
-
-fn qos4(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }
 
@@ -600,7 +380,7 @@ fn v5_session_takeover_disconnects_first_with_0x8e_mqtt_3_1_4_3() {
 
         let mut next = connect5(&broker, &id, false, 60);
         assert!(next.connack.session_present, "round {round}");
-        let (received, _) = read_until_closed(&mut raw);
+        let received = raw.rest_until_closed();
         assert_eq!(
             received.first(),
             Some(&0xE0),
@@ -647,7 +427,7 @@ fn v311_session_takeover_closes_first_mqtt_3_1_4_2() {
 fn v311_unacked_qos1_redelivered_with_dup_mqtt_4_4_0_1() {
     let broker = Broker::start();
     let sub_id = id_on(1, "dup4-sub");
-    let mut options = options4(&broker, &sub_id);
+    let mut options = options4(broker.port, &sub_id);
     options.set_clean_session(false).set_manual_acks(true);
     let mut sub = connect4_with(options.clone());
     sub.sub("dup4/t", QoS::AtLeastOnce);
@@ -684,7 +464,7 @@ fn v311_unacked_qos1_redelivered_with_dup_mqtt_4_4_0_1() {
 fn v5_unacked_qos1_qos2_redelivered_with_dup_mqtt_4_4_0_1() {
     let broker = Broker::start();
     let sub_id = id_on(0, "dup5-sub");
-    let mut options = options5(&broker, &sub_id);
+    let mut options = options5(broker.port, &sub_id);
     options
         .set_clean_start(false)
         .set_session_expiry_interval(Some(60))
@@ -723,11 +503,11 @@ fn v5_unacked_qos1_qos2_redelivered_with_dup_mqtt_4_4_0_1() {
 // ---------------------------------------------------------------------------------------
 // Keep alive
 
-fn raw_connect(broker: &Broker, level: u8, client_id: &str, keep_alive: u16) -> TcpStream {
+fn raw_connect(broker: &Broker, level: u8, client_id: &str, keep_alive: u16) -> RawClient {
     raw_connect_with(broker, level, client_id, keep_alive, true, None).0
 }
 
-/// A CONNECT written by hand (for what rumqttc cannot show); returns the stream and
+/// A CONNECT on a raw connection (for what rumqttc cannot show); returns the client and
 /// Session Present.
 fn raw_connect_with(
     broker: &Broker,
@@ -736,49 +516,23 @@ fn raw_connect_with(
     keep_alive: u16,
     clean: bool,
     session_expiry: Option<u32>,
-) -> (TcpStream, bool) {
-    let flags = if clean { 0x02 } else { 0x00 };
-    let mut variable = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags];
-    variable.extend_from_slice(&keep_alive.to_be_bytes());
-    if level == 5 {
-        match session_expiry {
-            Some(secs) => {
-                variable.extend_from_slice(&[5, 0x11]);
-                variable.extend_from_slice(&secs.to_be_bytes());
-            }
-            None => variable.push(0),
-        }
-    }
-    variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    variable.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, variable.len() as u8];
-    packet.extend_from_slice(&variable);
-    let mut stream = TcpStream::connect(broker.addr()).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&packet).unwrap();
-    let mut header = [0u8; 2];
-    stream.read_exact(&mut header).unwrap();
-    assert_eq!(header[0], 0x20, "CONNACK");
-    let mut body = vec![0u8; usize::from(header[1])];
-    stream.read_exact(&mut body).unwrap();
-    assert_eq!(body[1], 0, "CONNACK return code");
-    (stream, body[0] & 1 == 1)
-}
-
-/// Reads until the broker closes; returns what it sent and when it closed.
-fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (received, Instant::now()),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return (received, Instant::now())
-            }
-            Err(e) => panic!("still open after {WAIT:?}: {e}"),
-        }
-    }
+) -> (RawClient, bool) {
+    let protocol = if level == 5 {
+        Protocol::V5
+    } else {
+        Protocol::V3_1_1
+    };
+    let mut connect = Connect::new(protocol, client_id, keep_alive);
+    connect.clean_start = clean;
+    connect.properties.session_expiry_interval_secs = session_expiry;
+    let mut client = RawClient::open(broker.addr(), protocol, WAIT);
+    let connack = client.connect(connect);
+    assert_eq!(
+        connack.reason_code,
+        ReasonCode::Success,
+        "CONNACK return code"
+    );
+    (client, connack.session_present)
 }
 
 /// Keep Alive 1 s and silence after CONNECT: closed after 1.5 s ([MQTT-3.1.2-24] in
@@ -790,7 +544,8 @@ fn keep_alive_closes_silent_client_after_one_and_a_half_mqtt_3_1_2_22() {
     for level in [4u8, 5] {
         let mut silent = raw_connect(&broker, level, &format!("ka-silent-{level}"), 1);
         let since = Instant::now();
-        let (received, at) = read_until_closed(&mut silent);
+        let received = silent.rest_until_closed();
+        let at = Instant::now();
         let after = at - since;
         assert!(
             after >= Duration::from_millis(1200) && after <= Duration::from_millis(3000),
@@ -814,9 +569,9 @@ fn keep_alive_closes_silent_client_after_one_and_a_half_mqtt_3_1_2_22() {
     let mut pinging = raw_connect(&broker, 4, "ka-pinging", 1);
     for _ in 0..5 {
         thread::sleep(Duration::from_millis(500));
-        pinging.write_all(&[0xC0, 0x00]).unwrap();
+        pinging.send_raw(&[0xC0, 0x00]);
         let mut pingresp = [0u8; 2];
-        pinging.read_exact(&mut pingresp).unwrap();
+        pinging.tcp.read_exact(&mut pingresp).unwrap();
         assert_eq!(pingresp, [0xD0, 0x00]);
     }
 }
@@ -1108,7 +863,7 @@ fn v5_message_expiry_interval_mqtt_3_3_2_5_6() {
 fn v5_expired_in_flight_message_still_resent_mqtt_4_4_0_1_3_3_2_5() {
     let broker = Broker::start();
     let sub_id = id_on(1, "mei-inflight");
-    let mut options = options5(&broker, &sub_id);
+    let mut options = options5(broker.port, &sub_id);
     options
         .set_clean_start(false)
         .set_session_expiry_interval(Some(60))
@@ -1180,7 +935,7 @@ fn v5_publish_properties_forwarded_unaltered_mqtt_3_3_2_4_15_16_17_18_20() {
 #[test]
 fn v5_client_receive_maximum_respected_mqtt_3_3_4_9() {
     let broker = Broker::start();
-    let mut options = options5(&broker, &id_on(1, "rm-sub"));
+    let mut options = options5(broker.port, &id_on(1, "rm-sub"));
     options.set_receive_maximum(Some(2)).set_manual_acks(true);
     let mut sub = connect5_with(options);
     sub.sub_qos("rm/t", QoS5::AtLeastOnce);
@@ -1210,7 +965,7 @@ fn v5_client_receive_maximum_respected_mqtt_3_3_4_9() {
 #[test]
 fn v5_client_maximum_packet_size_mqtt_3_1_2_24_25() {
     let broker = Broker::start();
-    let mut options = options5(&broker, &id_on(1, "mps-sub"));
+    let mut options = options5(broker.port, &id_on(1, "mps-sub"));
     options
         .set_max_packet_size(Some(128))
         .set_receive_maximum(Some(1));

@@ -7,7 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::Broker;
+use common::raw::RawClient;
+use common::{free_port, Broker};
+use ferrymq::protocol::{Connect, Protocol, ReasonCode};
 
 #[test]
 fn connack_for_311_and_5_then_clean_stop() {
@@ -34,8 +36,15 @@ fn connack_for_311_and_5_then_clean_stop() {
 /// stops the broker too, naming that program.
 #[test]
 fn a_port_another_program_listens_on_stops_the_broker_naming_it() {
-    let other = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = other.local_addr().unwrap().port();
+    // A port below the ephemeral range, free on every address.
+    let (_listener, port) = (0..100)
+        .find_map(|_| {
+            let port = free_port();
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .ok()
+                .map(|other| (other, port))
+        })
+        .expect("a free port on 0.0.0.0");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferrymq"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "0"])
         .output()
@@ -67,32 +76,15 @@ fn closed_connections_on(port: u16) -> usize {
         .count()
 }
 
-fn connect_311(port: u16, client_id: &str) -> TcpStream {
-    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let id = client_id.as_bytes();
-    let mut connect = vec![
-        0x10,
-        (12 + id.len()) as u8,
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        2,
-        0,
-        60,
-    ];
-    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    connect.extend_from_slice(id);
-    client.write_all(&connect).unwrap();
-    let mut connack = [0u8; 4];
-    client.read_exact(&mut connack).unwrap();
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+/// A 3.1.1 client `client_id` (clean session, keep alive 60 s), accepted.
+fn connect_311(port: u16, client_id: &str) -> RawClient {
+    let mut client = RawClient::open(
+        ("127.0.0.1", port),
+        Protocol::V3_1_1,
+        Duration::from_secs(5),
+    );
+    let connack = client.connect(Connect::new(Protocol::V3_1_1, client_id, 60));
+    assert_eq!(connack.reason_code, ReasonCode::Success);
     client
 }
 
@@ -103,13 +95,13 @@ fn connect_311(port: u16, client_id: &str) -> TcpStream {
 fn restarts_at_once_on_its_port_after_stopping_with_clients_connected() {
     let first = Broker::start();
     let port = first.port;
-    let mut clients: Vec<TcpStream> = (0..4)
+    let mut clients: Vec<RawClient> = (0..4)
         .map(|i| connect_311(port, &format!("restart-{i}")))
         .collect();
     assert!(first.stop().success());
     for client in &mut clients {
         let mut rest = Vec::new();
-        let _ = client.read_to_end(&mut rest);
+        let _ = client.tcp.read_to_end(&mut rest);
     }
     drop(clients);
     std::thread::sleep(Duration::from_millis(100));

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,11 +20,11 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::{free_port, id_on, kafka, shard_count, Broker};
+use common::raw::{encode, qos1_publish, try_read_until_closed, RawClient};
+use common::{free_port, id_on, kafka, run_bounded, shard_count, Broker};
 use ferrymq::protocol::{
-    Connect, Decoder, Packet, Protocol, PubAck, Publish, QoS, ReasonCode, Subscribe, Subscription,
-    SubscriptionOptions, PACKET_SIZE_BYTES_MAX,
+    Connect, Packet, Protocol, PubAck, Publish, QoS, ReasonCode, Subscribe, Subscription,
+    SubscriptionOptions,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -186,105 +186,17 @@ fn start(pki: &Pki, tls_extra: &str, config: &str, args: &[&str]) -> (Broker, u1
 // ---------------------------------------------------------------------------------------
 // A raw MQTT client over rustls (or plain TCP)
 
-fn encode(packet: &Packet, protocol: Protocol) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    packet.encode(protocol, &mut buf);
-    buf.to_vec()
+/// A TLS connection to `port` with `config` (the handshake runs with the first write).
+fn tls_client(port: u16, config: Arc<ClientConfig>, protocol: Protocol) -> RawClient {
+    let tcp = common::raw::open(("127.0.0.1", port), WAIT);
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let session = ClientConnection::new(config, name).unwrap();
+    let socket = tcp.try_clone().unwrap();
+    RawClient::over(tcp, StreamOwned::new(session, socket), protocol)
 }
 
-trait Socket: Read + Write {}
-impl<T: Read + Write> Socket for T {}
-
-struct Client {
-    stream: Box<dyn Socket>,
-    decoder: Decoder,
-    buf: BytesMut,
-    protocol: Protocol,
-}
-
-impl Client {
-    /// A TLS connection to `port` with `config` (the handshake runs with the first write).
-    fn tls(port: u16, config: Arc<ClientConfig>, protocol: Protocol) -> Client {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let session = ClientConnection::new(config, name).unwrap();
-        Client {
-            stream: Box::new(StreamOwned::new(session, tcp)),
-            decoder: Decoder::client(protocol, PACKET_SIZE_BYTES_MAX),
-            buf: BytesMut::new(),
-            protocol,
-        }
-    }
-
-    fn plain(port: u16, protocol: Protocol) -> Client {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        Client {
-            stream: Box::new(tcp),
-            decoder: Decoder::client(protocol, PACKET_SIZE_BYTES_MAX),
-            buf: BytesMut::new(),
-            protocol,
-        }
-    }
-
-    fn send(&mut self, packet: Packet) -> std::io::Result<()> {
-        let bytes = encode(&packet, self.protocol);
-        self.send_raw(&bytes)
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    /// The next packet; `Ok(None)` once the broker closed the connection; `Err` for a TLS
-    /// error (an alert from the broker, say) or a read timeout.
-    fn recv(&mut self) -> std::io::Result<Option<Packet>> {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(packet)) => return Ok(Some(packet)),
-                Ok(None) => {}
-                Err(e) => panic!("the broker sent a malformed packet: {e}"),
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn expect(&mut self) -> Packet {
-        match self.recv() {
-            Ok(Some(packet)) => packet,
-            Ok(None) => panic!("the broker closed the connection"),
-            Err(e) => panic!("no packet from the broker: {e}"),
-        }
-    }
-
-    /// Sends CONNECT and returns the CONNACK's reason code, or the error / end of stream
-    /// that came instead, as text.
-    fn connect(&mut self, connect: Connect) -> Result<ReasonCode, String> {
-        self.send(Packet::Connect(Box::new(connect)))
-            .map_err(|e| format!("write: {e}"))?;
-        match self.recv() {
-            Ok(Some(Packet::ConnAck(connack))) => Ok(connack.reason_code),
-            Ok(Some(other)) => panic!("expected CONNACK, got {other:?}"),
-            Ok(None) => Err("closed".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// A clean-start client `id`, accepted.
-    fn connected(mut self, id: &str) -> Client {
-        let code = self.connect(Connect::new(self.protocol, id, 0));
-        assert_eq!(code, Ok(ReasonCode::Success), "CONNACK of {id}");
-        self
-    }
+fn plain_client(port: u16, protocol: Protocol) -> RawClient {
+    RawClient::open(("127.0.0.1", port), protocol, WAIT)
 }
 
 fn subscription(filter: &str) -> Subscribe {
@@ -300,25 +212,21 @@ fn subscription(filter: &str) -> Subscribe {
     )
 }
 
-fn qos1_publish(topic: &str, packet_id: u16, payload: &[u8]) -> Packet {
-    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
-    publish.packet_id = packet_id;
-    Packet::Publish(publish)
-}
-
 /// Subscribes to `topic`, publishes `payload` at QoS 1 to it and gets both the PUBACK and
 /// the message back (acknowledging it), in either order.
-fn round_trip(client: &mut Client, topic: &str, payload: &[u8]) {
-    client.send(Packet::Subscribe(subscription(topic))).unwrap();
+fn round_trip(client: &mut RawClient, topic: &str, payload: &[u8]) {
+    client
+        .try_send(&Packet::Subscribe(subscription(topic)))
+        .unwrap();
     match client.expect() {
         Packet::SubAck(suback) => assert_eq!(suback.reason_codes, [ReasonCode::GrantedQos1]),
         other => panic!("expected SUBACK, got {other:?}"),
     }
-    client.send(qos1_publish(topic, 2, payload)).unwrap();
+    client.try_send(&qos1_publish(topic, 2, payload)).unwrap();
     expect_acked_and_delivered(client, topic, payload);
 }
 
-fn expect_acked_and_delivered(client: &mut Client, topic: &str, payload: &[u8]) {
+fn expect_acked_and_delivered(client: &mut RawClient, topic: &str, payload: &[u8]) {
     let (mut acked, mut delivered) = (false, false);
     while !(acked && delivered) {
         match client.expect() {
@@ -332,7 +240,7 @@ fn expect_acked_and_delivered(client: &mut Client, topic: &str, payload: &[u8]) 
                 assert!(&publish.payload[..] == payload, "payload of {topic}");
                 assert_eq!(publish.qos, QoS::AtLeastOnce);
                 client
-                    .send(Packet::PubAck(PubAck::new(publish.packet_id)))
+                    .try_send(&Packet::PubAck(PubAck::new(publish.packet_id)))
                     .unwrap();
                 delivered = true;
             }
@@ -344,10 +252,10 @@ fn expect_acked_and_delivered(client: &mut Client, topic: &str, payload: &[u8]) 
 /// Waits until the broker's `$SYS/broker/<name>` (published every second; the broker must
 /// run with `--sys-interval-secs 1`) is at least `at_least`.
 fn wait_sys_at_least(broker: &Broker, name: &str, at_least: u64) {
-    let mut watcher = Client::plain(broker.port, Protocol::V5).connected("");
+    let mut watcher = plain_client(broker.port, Protocol::V5).connected("");
     let topic = format!("$SYS/broker/{name}");
     watcher
-        .send(Packet::Subscribe(subscription(&topic)))
+        .try_send(&Packet::Subscribe(subscription(&topic)))
         .unwrap();
     let deadline = Instant::now() + WAIT;
     let mut last = None;
@@ -392,40 +300,6 @@ fn wait_log_line(broker: &Broker, parts: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------
 // External programs
 
-/// Runs `command` to its end within `WAIT`: (status, stdout, stderr).
-fn run_bounded(mut command: Command) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
-}
-
 /// `mosquitto_pub` over TLS to `port`, trusting the test CA, with `args`.
 fn mosquitto_pub(pki: &Pki, port: u16, args: &[&str]) -> (ExitStatus, String) {
     let mut command = Command::new("mosquitto_pub");
@@ -433,7 +307,7 @@ fn mosquitto_pub(pki: &Pki, port: u16, args: &[&str]) -> (ExitStatus, String) {
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["--cafile", &pki.path("ca.pem")])
         .args(args);
-    let (status, out, err) = run_bounded(command);
+    let (status, out, err) = run_bounded(command, None, WAIT);
     (status, format!("{out}{err}"))
 }
 
@@ -640,23 +514,15 @@ fn plain_tcp_to_the_tls_port_is_closed_without_harm() {
         &["--sys-interval-secs", "1", "--connect-timeout-ms", "500"],
     );
 
-    let mut plain = Client::plain(tls_port, Protocol::V3_1_1);
-    let _ = plain.send(Packet::Connect(Box::new(Connect::new(
+    let mut plain = plain_client(tls_port, Protocol::V3_1_1);
+    let _ = plain.try_send(&Packet::Connect(Box::new(Connect::new(
         Protocol::V3_1_1,
         "plain-on-tls",
         0,
     ))));
     // At most a TLS alert comes back, then the end of the connection; never a CONNACK.
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match plain.stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the TLS port kept a plain connection open: {e}"),
-        }
-    }
+    let got = try_read_until_closed(&mut plain.tcp, Vec::new())
+        .unwrap_or_else(|(_, e)| panic!("the TLS port kept a plain connection open: {e}"));
     assert!(
         got.is_empty() || got[0] == 0x15,
         "expected nothing or a TLS alert, got {got:02X?}"
@@ -666,6 +532,7 @@ fn plain_tcp_to_the_tls_port_is_closed_without_harm() {
     let silent = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
     silent.set_read_timeout(Some(WAIT)).unwrap();
     let since = Instant::now();
+    let mut chunk = [0u8; 1024];
     assert_eq!((&silent).read(&mut chunk).unwrap_or(0), 0);
     assert!(
         since.elapsed() < Duration::from_secs(3),
@@ -676,9 +543,9 @@ fn plain_tcp_to_the_tls_port_is_closed_without_harm() {
 
     assert!(broker.is_running());
     let config = pki.client_config(None, BOTH_VERSIONS);
-    let mut tls = Client::tls(tls_port, config, Protocol::V5).connected("after-plain");
+    let mut tls = tls_client(tls_port, config, Protocol::V5).connected("after-plain");
     round_trip(&mut tls, "tls/after-plain", b"still fine");
-    let mut plain = Client::plain(broker.port, Protocol::V5).connected("plain-listener");
+    let mut plain = plain_client(broker.port, Protocol::V5).connected("plain-listener");
     round_trip(&mut plain, "plain/after", b"plain too");
     wait_sys_at_least(&broker, "tls/handshake_failures", 2);
     wait_sys_at_least(&broker, "tls/handshakes", 1);
@@ -696,7 +563,7 @@ fn tls_1_2_and_1_3_accepted_tls_1_1_refused() {
     ] {
         let config = pki.client_config(None, &[version]);
         let mut client =
-            Client::tls(tls_port, config, Protocol::V3_1_1).connected(&format!("tls-{name}"));
+            tls_client(tls_port, config, Protocol::V3_1_1).connected(&format!("tls-{name}"));
         round_trip(&mut client, &format!("tls/version/{name}"), name.as_bytes());
     }
 
@@ -709,7 +576,7 @@ fn tls_1_2_and_1_3_accepted_tls_1_1_refused() {
             .args(["s_client", "-connect", &format!("127.0.0.1:{tls_port}")])
             .args([version, "-cipher", "DEFAULT:@SECLEVEL=0"])
             .args(["-CAfile", &pki.path("ca.pem")]);
-        run_bounded(command)
+        run_bounded(command, None, WAIT)
     };
     if Command::new("openssl").arg("version").output().is_err() {
         eprintln!("skipped the TLS 1.1 client: no openssl command here");
@@ -740,13 +607,13 @@ fn require_certificate_refuses_clients_without_a_trusted_one() {
     let (broker, tls_port) = start(&pki, &extra, "", &["--sys-interval-secs", "1"]);
     for identity in [None, Some("rogue")] {
         let config = pki.client_config(identity, BOTH_VERSIONS);
-        let mut client = Client::tls(tls_port, config, Protocol::V5);
-        let answer = client.connect(Connect::new(Protocol::V5, "no-cert", 0));
+        let mut client = tls_client(tls_port, config, Protocol::V5);
+        let answer = client.try_connect(Connect::new(Protocol::V5, "no-cert", 0));
         assert!(answer.is_err(), "{identity:?} got CONNACK {answer:?}");
     }
     wait_log_line(&broker, &["listener[1]", "certificate refused"]);
     let config = pki.client_config(Some("client"), BOTH_VERSIONS);
-    let mut client = Client::tls(tls_port, config, Protocol::V5).connected("with-cert");
+    let mut client = tls_client(tls_port, config, Protocol::V5).connected("with-cert");
     round_trip(&mut client, "tls/required", b"certified");
     wait_sys_at_least(&broker, "tls/handshake_failures", 2);
 }
@@ -804,7 +671,7 @@ headers = ["username", "client_id"]
     assert!(status.success(), "mosquitto_pub failed: {output}");
 
     // No certificate, no user name: refused, whatever the CONNECT says.
-    let mut anonymous = Client::tls(
+    let mut anonymous = tls_client(
         tls_port,
         pki.client_config(None, BOTH_VERSIONS),
         Protocol::V5,
@@ -812,7 +679,7 @@ headers = ["username", "client_id"]
     let mut connect = Connect::new(Protocol::V5, "no-identity", 0);
     connect.username = Some("device-42".into());
     assert_eq!(
-        anonymous.connect(connect),
+        anonymous.try_connect(connect).map(|c| c.reason_code),
         Ok(ReasonCode::BadUserNameOrPassword)
     );
 
@@ -859,8 +726,8 @@ fn tls_connections_handed_to_the_owner_shard_keep_working() {
         );
         bytes.extend(encode(&Packet::Subscribe(subscription(&topic)), protocol));
         bytes.extend(encode(&qos1_publish(&topic, 2, &payload), protocol));
-        let mut client = Client::tls(tls_port, config.clone(), protocol);
-        client.send_raw(&bytes).unwrap();
+        let mut client = tls_client(tls_port, config.clone(), protocol);
+        client.try_send_raw(&bytes).unwrap();
         match client.expect() {
             Packet::ConnAck(connack) => assert_eq!(connack.reason_code, ReasonCode::Success),
             other => panic!("{id}: expected CONNACK, got {other:?}"),
@@ -871,9 +738,9 @@ fn tls_connections_handed_to_the_owner_shard_keep_working() {
         }
         expect_acked_and_delivered(&mut client, &topic, &payload);
         let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        client.send(qos1_publish(&topic, 2, &large)).unwrap();
+        client.try_send(&qos1_publish(&topic, 2, &large)).unwrap();
         expect_acked_and_delivered(&mut client, &topic, &large);
-        client.send_raw(&[0xE0, 0x00]).unwrap();
+        client.try_send_raw(&[0xE0, 0x00]).unwrap();
     }
     if shard_count() == 2 {
         wait_sys_at_least(&broker, "connections/handed_off", 1);
@@ -890,9 +757,9 @@ fn slow_tls_reader_gets_every_message_once_it_reads() {
     let (broker, tls_port) = start(&pki, "", "", &[]);
     let config = pki.client_config(None, BOTH_VERSIONS);
     let mut subscriber =
-        Client::tls(tls_port, config, Protocol::V5).connected(&id_on(0, "tls-slow-reader"));
+        tls_client(tls_port, config, Protocol::V5).connected(&id_on(0, "tls-slow-reader"));
     subscriber
-        .send(Packet::Subscribe(Subscribe::new(
+        .try_send(&Packet::Subscribe(Subscribe::new(
             1,
             vec![Subscription {
                 filter: "tls/slow".into(),
@@ -908,10 +775,10 @@ fn slow_tls_reader_gets_every_message_once_it_reads() {
         payload
     };
     let mut publisher =
-        Client::plain(broker.port, Protocol::V5).connected(&id_on(1, "plain-fast-writer"));
+        plain_client(broker.port, Protocol::V5).connected(&id_on(1, "plain-fast-writer"));
     for i in 0..N {
         let publish = Publish::new("tls/slow", QoS::AtMostOnce, message(i));
-        publisher.send(Packet::Publish(publish)).unwrap();
+        publisher.try_send(&Packet::Publish(publish)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..N {
@@ -920,7 +787,7 @@ fn slow_tls_reader_gets_every_message_once_it_reads() {
             other => panic!("expected PUBLISH #{i}, got {other:?}"),
         }
     }
-    subscriber.send(Packet::PingReq).unwrap();
+    subscriber.try_send(&Packet::PingReq).unwrap();
     assert!(matches!(subscriber.expect(), Packet::PingResp));
 }
 
@@ -930,7 +797,7 @@ fn run_refused(config: &str) -> (ExitStatus, String) {
     let file = kafka::write_config(config);
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferrymq"));
     command.args(["--cores", "0", "--config", file.path_str()]);
-    let (status, _, err) = run_bounded(command);
+    let (status, _, err) = run_bounded(command, None, WAIT);
     (status, err)
 }
 

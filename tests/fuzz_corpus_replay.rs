@@ -11,6 +11,10 @@
 
 #[path = "../fuzz/fuzz_targets/common.rs"]
 mod common;
+/// The tests' raw MQTT client, for its `encode`.
+#[allow(dead_code)]
+#[path = "common/raw.rs"]
+mod raw;
 
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,6 +28,7 @@ use ferrymq::protocol::{
     Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, UserProperty, Will,
     WillProperties, PACKET_SIZE_BYTES_MAX,
 };
+use raw::encode;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -100,12 +105,6 @@ fn every_target_has_a_corpus() {
 // ---------------------------------------------------------------------------------------
 // Seed corpus
 // ---------------------------------------------------------------------------------------
-
-fn encode(packet: &Packet, protocol: Protocol) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    packet.encode(protocol, &mut buf);
-    buf.to_vec()
-}
 
 fn user_properties() -> Vec<UserProperty> {
     vec![UserProperty::new("k", "v"), UserProperty::new("k", "é")]

@@ -43,13 +43,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::kafka;
+use common::raw::{encode, read_until_closed_or_timeout, try_open as open, RawClient};
 use common::{free_port, Broker};
 use ferrymq::auth::{PasswordHash, DEFAULT_ITERATIONS};
-use ferrymq::protocol::{
-    Connect, Decoder, MqttStr, Packet, Protocol, Publish, QoS, ReasonCode, PACKET_SIZE_BYTES_MAX,
-};
+use ferrymq::protocol::{Connect, MqttStr, Packet, Protocol, Publish, QoS, ReasonCode};
 
 /// `broker.connect_timeout_ms`.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -87,12 +86,6 @@ const PASSWORD: &[u8] = b"right-password";
 // ---------------------------------------------------------------------------------------
 // Bytes on the wire
 
-fn encode(packet: &Packet, protocol: Protocol) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    packet.encode(protocol, &mut buf);
-    buf.to_vec()
-}
-
 /// A CONNECT with `Clean Start`, no keep alive and, when given, user name and password.
 fn connect_bytes(
     protocol: Protocol,
@@ -107,33 +100,6 @@ fn connect_bytes(
         connect.password = Some(Bytes::copy_from_slice(password));
     }
     encode(&Packet::Connect(Box::new(connect)), protocol)
-}
-
-/// What the broker sent until it closed the connection, and whether it did close it
-/// within the stream's read timeout. A reset counts as closed.
-fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, bool) {
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return (got, true),
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (got, false)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return (got, true),
-        }
-    }
-}
-
-/// A connection to the broker with the given read timeout, or None when the client side
-/// cannot open one right now (out of ephemeral ports, say).
-fn open(addr: &str, read_timeout: Duration) -> Option<TcpStream> {
-    let stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(read_timeout)).ok()?;
-    let _ = stream.set_nodelay(true);
-    Some(stream)
 }
 
 /// The value at quantile `q` of sorted `values` (nearest rank).
@@ -183,32 +149,31 @@ struct Device {
 
 impl Device {
     fn connect(addr: &str, client_id: &str) -> Device {
-        let mut stream = open(addr, Duration::from_secs(10)).expect("device: connect");
-        stream
-            .write_all(&connect_bytes(
+        let stream = open(addr, Duration::from_secs(10)).expect("device: connect");
+        let mut client = RawClient::from_tcp(stream, Protocol::V5);
+        client
+            .try_send_raw(&connect_bytes(
                 Protocol::V5,
                 client_id,
                 Some((USER, PASSWORD)),
                 true,
             ))
             .expect("device: send CONNECT");
-        let mut decoder = Decoder::client(Protocol::V5, PACKET_SIZE_BYTES_MAX);
-        let mut buf = BytesMut::new();
-        let connack = next_packet(&mut stream, &mut decoder, &mut buf);
+        let connack = client.next_or_end();
         match connack {
             Some(Packet::ConnAck(connack)) if connack.reason_code == ReasonCode::Success => {}
             other => panic!("device {client_id}: expected CONNACK 0x00, got {other:?}"),
         }
-        stream.set_read_timeout(None).unwrap();
+        client.set_read_timeout(None);
+        let stream = client.tcp.try_clone().unwrap();
         let log = Arc::new(Mutex::new(DeviceLog {
             acked_at: vec![None; usize::from(MESSAGES) + 1],
             ..DeviceLog::default()
         }));
         let reader = {
-            let mut stream = stream.try_clone().unwrap();
             let log = log.clone();
             thread::spawn(move || loop {
-                match next_packet(&mut stream, &mut decoder, &mut buf) {
+                match client.next_or_end() {
                     Some(Packet::PubAck(ack)) => {
                         let now = Instant::now();
                         let mut log = log.lock().unwrap();
@@ -300,29 +265,6 @@ impl Device {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
-        }
-    }
-}
-
-/// The next packet from `stream`, or None once it is closed (or sends bytes that do not
-/// decode).
-fn next_packet(
-    stream: &mut TcpStream,
-    decoder: &mut Decoder,
-    buf: &mut BytesMut,
-) -> Option<Packet> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some(packet)) => return Some(packet),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return None,
         }
     }
 }
@@ -604,10 +546,11 @@ fn malformed_attacker(
         };
         if let Before::Connected(protocol) = case.before {
             let id = format!("bad-{worker}-{attempt}");
-            let _ = stream.write_all(&connect_bytes(protocol, &id, None, true));
-            let mut decoder = Decoder::client(protocol, PACKET_SIZE_BYTES_MAX);
-            let mut buf = BytesMut::new();
-            match next_packet(&mut stream, &mut decoder, &mut buf) {
+            let mut client = RawClient::from_tcp(stream, protocol);
+            let _ = client.try_send_raw(&connect_bytes(protocol, &id, None, true));
+            let connack = client.next_or_end();
+            stream = client.tcp;
+            match connack {
                 Some(Packet::ConnAck(connack)) if connack.reason_code == ReasonCode::Success => {}
                 // Closed before any CONNACK: refused at accept, try again later.
                 None => {
@@ -625,7 +568,7 @@ fn malformed_attacker(
         }
         let sent = Instant::now();
         let _ = stream.write_all(&case.bytes);
-        let (answer, closed) = read_until_closed(&mut stream);
+        let (answer, closed) = read_until_closed_or_timeout(&mut stream);
         let waited = sent.elapsed();
         if !closed {
             fail(
@@ -812,7 +755,7 @@ fn flood(addr: String, worker: usize, end: Instant, failures: Failures) -> Flood
         let opened = Instant::now();
         report.connections += 1;
         let _ = stream.write_all(connect);
-        let (answer, closed) = read_until_closed(&mut stream);
+        let (answer, closed) = read_until_closed_or_timeout(&mut stream);
         if !closed {
             fail(
                 &failures,
@@ -932,17 +875,18 @@ fn metric(values: &BTreeMap<String, f64>, name: &str) -> u64 {
 fn fresh_client_publishes(addr: &str, topic: &str, payload: &[u8]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     for attempt in 1.. {
-        let mut stream = open(addr, CLOSE_WITHIN).expect("fresh client: connect");
+        let stream = open(addr, CLOSE_WITHIN).expect("fresh client: connect");
+        let mut client = RawClient::from_tcp(stream, Protocol::V3_1_1);
         let connect = connect_bytes(
             Protocol::V3_1_1,
             "fresh-after-attack",
             Some((USER, PASSWORD)),
             true,
         );
-        stream.write_all(&connect).expect("fresh client: CONNECT");
-        let mut decoder = Decoder::client(Protocol::V3_1_1, PACKET_SIZE_BYTES_MAX);
-        let mut buf = BytesMut::new();
-        match next_packet(&mut stream, &mut decoder, &mut buf) {
+        client
+            .try_send_raw(&connect)
+            .expect("fresh client: CONNECT");
+        match client.next_or_end() {
             Some(Packet::ConnAck(connack)) if connack.reason_code == ReasonCode::Success => {}
             None if Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(100));
@@ -952,17 +896,15 @@ fn fresh_client_publishes(addr: &str, topic: &str, payload: &[u8]) -> usize {
         }
         let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
         publish.packet_id = 1;
-        stream
-            .write_all(&encode(&Packet::Publish(publish), Protocol::V3_1_1))
+        client
+            .try_send(&Packet::Publish(publish))
             .expect("fresh client: PUBLISH");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        match next_packet(&mut stream, &mut decoder, &mut buf) {
+        client.set_read_timeout(Some(Duration::from_secs(15)));
+        match client.next_or_end() {
             Some(Packet::PubAck(ack)) if ack.packet_id == 1 => {}
             other => panic!("fresh client after the attack: expected PUBACK 1, got {other:?}"),
         }
-        let _ = stream.write_all(&[0xE0, 0x00]);
+        let _ = client.try_send_raw(&[0xE0, 0x00]);
         return attempt;
     }
     unreachable!()

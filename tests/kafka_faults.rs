@@ -14,21 +14,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::raw::{Next, RawClient};
 use common::Broker;
 use ferrymq::bridge::failure_reason;
-use ferrymq::protocol::{
-    Connect, Decoder, Packet, Protocol, Publish, QoS, ReasonCode, Subscribe, Subscription,
-    SubscriptionOptions, PACKET_SIZE_BYTES_MAX,
-};
+use ferrymq::protocol::{Packet, Protocol, QoS, ReasonCode};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::mocking::MockCluster;
@@ -83,115 +78,20 @@ fn start_broker(name: &str, bootstrap: &str, extra: &str) -> Broker {
     Broker::start_with(&["--config", path.to_str().unwrap()])
 }
 
-/// What a read from the broker gave. Short-lived, so the size of `Packet` does not matter.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-enum Read1 {
-    Packet(Packet),
-    /// Nothing within the wait.
-    Nothing,
-    /// The broker closed the connection.
-    Closed,
+/// A clean-start client `id` without keep alive, accepted.
+fn connect(broker: &Broker, protocol: Protocol, id: &str) -> RawClient {
+    RawClient::connected_to(broker.addr(), protocol, id, WAIT)
 }
 
-/// An MQTT client on a raw socket: packets encoded with ferrymq's codec, answers decoded
-/// with `Decoder::client`.
-struct Mqtt {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-    protocol: Protocol,
-}
-
-impl Mqtt {
-    /// Connects with clean start and no keep alive; the CONNACK must accept.
-    fn connect(broker: &Broker, protocol: Protocol, id: &str) -> Mqtt {
-        let stream = TcpStream::connect(broker.addr()).expect("connect to ferrymq");
-        stream.set_nodelay(true).unwrap();
-        let mut mqtt = Mqtt {
-            stream,
-            decoder: Decoder::client(protocol, PACKET_SIZE_BYTES_MAX),
-            buf: BytesMut::new(),
-            protocol,
-        };
-        mqtt.send(&Packet::Connect(Box::new(Connect::new(protocol, id, 0))));
-        match mqtt.recv(WAIT) {
-            Read1::Packet(Packet::ConnAck(connack)) => {
-                assert_eq!(connack.reason_code, ReasonCode::Success, "CONNACK of {id}");
-            }
-            other => panic!("expected CONNACK for {id}, got {other:?}"),
-        }
-        mqtt
-    }
-
-    fn send(&mut self, packet: &Packet) {
-        let mut bytes = BytesMut::new();
-        packet.encode(self.protocol, &mut bytes);
-        self.stream.write_all(&bytes).expect("write to ferrymq");
-    }
-
-    fn publish(&mut self, topic: &str, qos: QoS, packet_id: u16, payload: &str) {
-        let mut publish = Publish::new(topic, qos, payload.as_bytes().to_vec());
-        publish.packet_id = packet_id;
-        self.send(&Packet::Publish(publish));
-    }
-
-    fn subscribe(&mut self, filter: &str) {
-        let subscription = Subscription {
-            filter: filter.into(),
-            options: SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        };
-        self.send(&Packet::Subscribe(Subscribe::new(1, vec![subscription])));
-        match self.recv(WAIT) {
-            Read1::Packet(Packet::SubAck(suback)) => {
-                assert_eq!(suback.packet_id, 1);
-                assert!(
-                    suback.reason_codes.iter().all(|c| !c.is_error()),
-                    "SUBACK {suback:?}"
-                );
-            }
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// The next packet within `wait`.
-    fn recv(&mut self, wait: Duration) -> Read1 {
-        let deadline = Instant::now() + wait;
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(packet)) => return Read1::Packet(packet),
-                Ok(None) => {}
-                Err(e) => panic!("ferrymq sent a malformed packet: {e}"),
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Read1::Nothing;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Read1::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Read1::Nothing
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Read1::Closed,
-                Err(e) => panic!("reading from ferrymq: {e}"),
-            }
-        }
-    }
-
+impl RawClient {
     /// The PUBACK of `packet_id` within `wait`, or None. Any other packet fails the test.
     fn puback(&mut self, packet_id: u16, wait: Duration) -> Option<ReasonCode> {
-        match self.recv(wait) {
-            Read1::Packet(Packet::PubAck(puback)) => {
+        match self.recv_within(wait) {
+            Next::Packet(Packet::PubAck(puback)) => {
                 assert_eq!(puback.packet_id, packet_id, "PUBACK for another PUBLISH");
                 Some(puback.reason_code)
             }
-            Read1::Nothing => None,
+            Next::Nothing => None,
             other => panic!("expected the PUBACK of {packet_id}, got {other:?}"),
         }
     }
@@ -209,7 +109,7 @@ fn publish_stream(
     pace: Duration,
     acked: Arc<AtomicUsize>,
 ) -> thread::JoinHandle<Vec<Option<ReasonCode>>> {
-    let mut mqtt = Mqtt::connect(broker, Protocol::V5, id);
+    let mut mqtt = connect(broker, Protocol::V5, id);
     let topic = format!("{MAPPED}/{id}");
     let tag = tag.to_string();
     thread::spawn(move || {
@@ -219,7 +119,7 @@ fn publish_stream(
         let mut last_progress = Instant::now();
         while acked.load(Ordering::Relaxed) < usize::from(count) {
             if next < count && Instant::now() >= next_send {
-                mqtt.publish(&topic, QoS::AtLeastOnce, next + 1, &format!("{tag}-{next}"));
+                mqtt.publish(&topic, QoS::AtLeastOnce, next + 1, format!("{tag}-{next}"));
                 next += 1;
                 next_send += pace;
                 last_progress = Instant::now();
@@ -229,17 +129,17 @@ fn publish_stream(
             } else {
                 Duration::from_millis(50)
             };
-            match mqtt.recv(wait.max(Duration::from_millis(1))) {
-                Read1::Packet(Packet::PubAck(puback)) => {
+            match mqtt.recv_within(wait.max(Duration::from_millis(1))) {
+                Next::Packet(Packet::PubAck(puback)) => {
                     let slot = &mut codes[usize::from(puback.packet_id - 1)];
                     assert!(slot.is_none(), "two PUBACKs for {}", puback.packet_id);
                     *slot = Some(puback.reason_code);
                     acked.fetch_add(1, Ordering::Relaxed);
                     last_progress = Instant::now();
                 }
-                Read1::Packet(other) => panic!("unexpected packet {other:?}"),
-                Read1::Closed => panic!("ferrymq closed the publisher's connection"),
-                Read1::Nothing => {
+                Next::Packet(other) => panic!("unexpected packet {other:?}"),
+                Next::Closed => panic!("ferrymq closed the publisher's connection"),
+                Next::Nothing => {
                     if last_progress.elapsed() > WAIT {
                         break;
                     }
@@ -500,7 +400,7 @@ fn permanent_produce_error_fails_the_publish() {
     assert_eq!(expected, ReasonCode::ImplementationSpecificError);
 
     // Warm up: the producer has its producer id and the partition's leader.
-    let mut v5 = Mqtt::connect(&broker, Protocol::V5, "perm-v5");
+    let mut v5 = connect(&broker, Protocol::V5, "perm-v5");
     let topic = format!("{MAPPED}/perm");
     v5.publish(&topic, QoS::AtLeastOnce, 1, "perm-0");
     assert_eq!(v5.puback(1, WAIT), Some(ReasonCode::Success));
@@ -516,7 +416,7 @@ fn permanent_produce_error_fails_the_publish() {
     v5.publish(&topic, QoS::AtLeastOnce, 3, "perm-1");
     assert_eq!(v5.puback(3, WAIT), Some(ReasonCode::Success));
 
-    let mut v3 = Mqtt::connect(&broker, Protocol::V3_1_1, "perm-v3");
+    let mut v3 = connect(&broker, Protocol::V3_1_1, "perm-v3");
     v3.publish(&topic, QoS::AtLeastOnce, 1, "perm-2");
     assert_eq!(v3.puback(1, WAIT), Some(ReasonCode::Success));
     mock.request_errors(RDKafkaApiKey::Produce, &[refused]);
@@ -561,7 +461,7 @@ fn topic_authorization_failure_until_metadata_refresh() {
     let expected = failure_reason(RDKafkaErrorCode::from(refused));
     assert_eq!(expected, ReasonCode::NotAuthorized);
 
-    let mut v5 = Mqtt::connect(&broker, Protocol::V5, "authz-v5");
+    let mut v5 = connect(&broker, Protocol::V5, "authz-v5");
     let topic = format!("{MAPPED}/authz");
     v5.publish(&topic, QoS::AtLeastOnce, 1, "authz-0");
     assert_eq!(v5.puback(1, WAIT), Some(ReasonCode::Success));
@@ -603,7 +503,7 @@ fn topic_authorization_failure_until_metadata_refresh() {
 fn fatal_idempotence_error_fails_then_recovers() {
     let mock = mock_cluster(1);
     let broker = start_broker("fatal", &mock.bootstrap_servers(), "");
-    let mut v5 = Mqtt::connect(&broker, Protocol::V5, "fatal-v5");
+    let mut v5 = connect(&broker, Protocol::V5, "fatal-v5");
     let topic = format!("{MAPPED}/fatal");
     v5.publish(&topic, QoS::AtLeastOnce, 1, "fatal-0");
     assert_eq!(v5.puback(1, WAIT), Some(ReasonCode::Success));
@@ -656,13 +556,13 @@ fn kafka_away_at_startup() {
     mock.broker_down(-1).unwrap();
     let broker = start_broker("away", &mock.bootstrap_servers(), "");
 
-    let mut subscriber = Mqtt::connect(&broker, Protocol::V5, "away-sub");
-    subscriber.subscribe("plain/#");
-    let mut publisher = Mqtt::connect(&broker, Protocol::V5, "away-pub");
+    let mut subscriber = connect(&broker, Protocol::V5, "away-sub");
+    subscriber.subscribe(1, "plain/#", QoS::AtLeastOnce);
+    let mut publisher = connect(&broker, Protocol::V5, "away-pub");
     publisher.publish("plain/x", QoS::AtLeastOnce, 1, "unmapped");
     assert_eq!(publisher.puback(1, WAIT), Some(ReasonCode::Success));
-    match subscriber.recv(WAIT) {
-        Read1::Packet(Packet::Publish(publish)) => {
+    match subscriber.recv_within(WAIT) {
+        Next::Packet(Packet::Publish(publish)) => {
             assert_eq!(&publish.payload[..], b"unmapped");
         }
         other => panic!("subscriber: expected the PUBLISH, got {other:?}"),

@@ -30,8 +30,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, ExtraKafka, Record};
+use common::rumqttc::options4;
 use common::{id_on, mosquitto_pub, pubacks_in, Broker};
-use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, ConnectionError, Event, Packet, QoS};
 
 /// Longest any one client step may take.
 const STEP: Duration = Duration::from_secs(20);
@@ -62,11 +63,7 @@ struct Mqtt {
 
 impl Mqtt {
     fn connect(broker: &Broker, id: &str) -> Mqtt {
-        let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut connection) = Client::new(options, 2048);
+        let (client, mut connection) = Client::new(options4(broker.port, id), 2048);
         let (tx, events) = channel();
         thread::spawn(move || {
             for event in connection.iter() {

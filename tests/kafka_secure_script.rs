@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 
 mod common;
 
-use common::kafka::free_port_run;
+use common::kafka::start_on_free_ports;
 
 fn script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
@@ -157,11 +157,16 @@ fn secure_start_serves_tls_and_requires_client_certificates_on_mtls() {
     let instance = Instance {
         name: "secure-script-test",
     };
-    let port = free_port_run();
+    // Its port and the 4 after it (controller, SSL, SASL_SSL, mTLS); new ones if one was
+    // taken.
+    let (port, out) = start_on_free_ports(5, "scripts/kafka start --secure", |port| {
+        let port = port.to_string();
+        let args = ["--name", instance.name, "--port", &port];
+        let _ = kafka(&[&["stop"], &args[..]].concat());
+        kafka(&[&["start"], &args[..], &["--secure"]].concat())
+    });
     let port_arg = port.to_string();
     let args = ["--name", instance.name, "--port", &port_arg];
-    let _ = kafka(&[&["stop"], &args[..]].concat());
-    let out = kafka(&[&["start"], &args[..], &["--secure"]].concat());
     assert!(
         out.status.success(),
         "scripts/kafka start --secure: {}{}",

@@ -16,7 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::metrics::{http_get, metric};
+use common::raw::encode;
 use common::{free_port, Broker};
+use ferrymq::protocol::{Connect, Packet, Protocol};
 
 /// The broker's open-files limit in this test (soft and hard).
 const OPEN_FILES: u64 = 200;
@@ -27,12 +29,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A 3.1.1 CONNECT with clean session, keep alive 60 s and `client_id`.
 fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C];
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
+    let connect = Connect::new(Protocol::V3_1_1, client_id, 60);
+    encode(&Packet::Connect(Box::new(connect)), Protocol::V3_1_1)
 }
 
 struct Client {

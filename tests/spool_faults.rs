@@ -22,7 +22,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,12 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::kafka::{self, ExtraKafka, Record};
+use common::raw::{encode, RawClient};
 use common::{id_on, shard_count, Broker};
-use ferrymq::protocol::{
-    Connect, Decoder, Packet, Protocol, Publish, QoS, ReasonCode, PACKET_SIZE_BYTES_MAX,
-};
+use ferrymq::protocol::{Packet, Protocol, Publish, QoS, ReasonCode};
 use ferrymq::spool::record::decode_one;
 
 /// Longest wait for something that must happen.
@@ -199,59 +198,31 @@ struct Publisher {
 
 impl Publisher {
     fn connect(port: u16, device: &str) -> Publisher {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let protocol = Protocol::V3_1_1;
-        let mut out = BytesMut::new();
-        Packet::Connect(Box::new(Connect::new(protocol, device, 0))).encode(protocol, &mut out);
-        stream.write_all(&out).unwrap();
-        let mut decoder = Decoder::client(protocol, PACKET_SIZE_BYTES_MAX);
-        let mut buf = BytesMut::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match decoder.decode(&mut buf).expect("well-formed packet") {
-                Some(Packet::ConnAck(ack)) => {
-                    assert_eq!(ack.reason_code, ReasonCode::Success, "CONNACK of {device}");
-                    break;
-                }
-                Some(other) => panic!("{device}: expected CONNACK, got {other:?}"),
-                None => {}
-            }
-            let n = stream.read(&mut chunk).expect("CONNACK");
-            assert!(n > 0, "{device}: closed before CONNACK");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        stream.set_read_timeout(None).unwrap();
+        let mut client =
+            RawClient::connected_to(("127.0.0.1", port), Protocol::V3_1_1, device, WAIT);
+        client.set_read_timeout(None);
+        let stream = client.tcp.try_clone().unwrap();
         let acks: Acks = Default::default();
         let closed = Arc::new(AtomicBool::new(false));
         let pings = Arc::new(AtomicUsize::new(0));
-        let mut reader = stream.try_clone().unwrap();
         let (reader_acks, reader_closed, reader_pings) =
             (acks.clone(), closed.clone(), pings.clone());
         let name = device.to_string();
         thread::spawn(move || {
             loop {
-                match decoder.decode(&mut buf) {
+                match client.try_recv() {
                     Ok(Some(Packet::PubAck(ack))) => {
                         reader_acks.lock().unwrap().push((
                             ack.packet_id,
                             ack.reason_code,
                             Instant::now(),
                         ));
-                        continue;
                     }
                     Ok(Some(Packet::PingResp)) => {
                         reader_pings.fetch_add(1, Ordering::Relaxed);
-                        continue;
                     }
                     Ok(Some(other)) => panic!("{name}: unexpected {other:?}"),
-                    Ok(None) => {}
-                    Err(e) => panic!("{name}: the broker sent a malformed packet: {e}"),
-                }
-                match reader.read(&mut chunk) {
-                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                    _ => break,
+                    Ok(None) | Err(_) => break,
                 }
             }
             reader_closed.store(true, Ordering::Release);
@@ -267,9 +238,7 @@ impl Publisher {
     }
 
     fn write(&mut self, packet: Packet) -> bool {
-        let mut out = BytesMut::new();
-        packet.encode(Protocol::V3_1_1, &mut out);
-        match self.stream.write_all(&out) {
+        match self.stream.write_all(&encode(&packet, Protocol::V3_1_1)) {
             Ok(()) => true,
             Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
                 false

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -205,19 +205,61 @@ pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs:
     }
 }
 
-/// A port that is free, with the next one (Kafka's controller port) free too.
-pub fn free_port_pair() -> u16 {
-    super::free_ports(2)
-}
-
-/// A port P with P+1 .. P+4 free too (controller, SSL, SASL_SSL, MTLS of
-/// `scripts/kafka --secure`), below Linux's ephemeral range: see [`super::free_ports`].
-pub fn free_port_run() -> u16 {
-    super::free_ports(5)
-}
-
 fn script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+}
+
+/// How many times a Kafka start that failed on a port taken is tried again, each time on
+/// new ports.
+pub const START_RETRIES: usize = 3;
+
+/// Whether a failed `scripts/kafka` start failed because a port was taken: the script
+/// found one in use, or Kafka wrote "Address already in use" (in the lines the script
+/// shows or in the log it names: "see PATH").
+pub fn port_taken(output: &Output) -> bool {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let in_log = |log: &str| {
+        std::fs::read_to_string(log).is_ok_and(|log| log.contains("Address already in use"))
+    };
+    text.contains("Address already in use")
+        || text.contains("is in use")
+        || text.contains("something else is listening")
+        || text
+            .split("see ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .any(|log| in_log(log.trim_end_matches(['.', ';', ')'])))
+}
+
+/// Starts a Kafka of its own with `start(PORT)` (a `scripts/kafka` start on PORT and the
+/// `ports - 1` ports after it), PORT from [`super::free_ports`]; a start that fails because
+/// a port was taken (by a program of another test run) is tried again on new ports, up to
+/// [`START_RETRIES`] times. Returns the port and the output of the last start, which the
+/// caller checks.
+pub fn start_on_free_ports(
+    ports: u32,
+    what: &str,
+    mut start: impl FnMut(u16) -> Output,
+) -> (u16, Output) {
+    let mut retries = 0;
+    loop {
+        let port = super::free_ports(ports);
+        let output = start(port);
+        if output.status.success() || retries == START_RETRIES || !port_taken(&output) {
+            return (port, output);
+        }
+        retries += 1;
+        eprintln!(
+            "{what} on port {port}: a port was taken; try {} of {START_RETRIES} on new ports\n{}{}",
+            retries,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// A Kafka instance of its own run by `scripts/kafka --name NAME`, beside the shared one.
@@ -228,26 +270,30 @@ pub struct ExtraKafka {
 }
 
 impl ExtraKafka {
-    /// Starts instance `name` on a free port (stopping a leftover of an earlier run first).
+    /// Starts instance `name` on free ports (its port and the controller's, the next one),
+    /// stopping a leftover of an earlier run first; on new ports if one was taken.
     pub fn start(name: &str) -> ExtraKafka {
-        let kafka = ExtraKafka {
-            name: name.to_string(),
-            port: free_port_pair(),
-        };
-        kafka.run("stop");
-        kafka.run("start");
-        kafka
+        ExtraKafka::start_with(name, 2, &["start"])
     }
 
     /// Starts instance `name` with `--secure`: besides PLAINTEXT on its port, SSL on +2,
     /// SASL_SSL (SCRAM, PLAIN) on +3 and mTLS on +4, certificates made by the script.
     pub fn start_secure(name: &str) -> ExtraKafka {
-        let kafka = ExtraKafka {
+        ExtraKafka::start_with(name, 5, &["restart", "--secure"])
+    }
+
+    fn start_with(name: &str, ports: u32, args: &[&str]) -> ExtraKafka {
+        let mut kafka = ExtraKafka {
             name: name.to_string(),
-            port: free_port_run(),
+            port: 0,
         };
-        kafka.run("stop");
-        kafka.run_with(&["restart", "--secure"]);
+        let (port, output) = start_on_free_ports(ports, &format!("Kafka {name}"), |port| {
+            kafka.port = port;
+            kafka.run("stop");
+            kafka.output(args)
+        });
+        kafka.port = port;
+        kafka.check(args, output);
         kafka
     }
 
@@ -298,26 +344,37 @@ impl ExtraKafka {
 
     /// `scripts/kafka ARGS... --name NAME --port PORT`; fails the test if the script does.
     pub fn run_with(&self, args: &[&str]) {
-        let cmd = args.join(" ");
         let started = Instant::now();
-        let output = Command::new(script())
+        let output = self.output(args);
+        self.check(args, output);
+        eprintln!(
+            "scripts/kafka {} --name {} --port {}: {:.1?}",
+            args.join(" "),
+            self.name,
+            self.port,
+            started.elapsed()
+        );
+    }
+
+    /// `scripts/kafka ARGS... --name NAME --port PORT`: its output.
+    fn output(&self, args: &[&str]) -> Output {
+        Command::new(script())
             .args(args)
             .args(["--name", &self.name, "--port", &self.port.to_string()])
             .output()
-            .expect("run scripts/kafka");
+            .expect("run scripts/kafka")
+    }
+
+    /// Fails the test unless `output` (of `scripts/kafka ARGS...`) says it succeeded.
+    fn check(&self, args: &[&str], output: Output) {
         assert!(
             output.status.success(),
-            "scripts/kafka {cmd} --name {}: {}\n{}{}",
+            "scripts/kafka {} --name {}: {}\n{}{}",
+            args.join(" "),
             self.name,
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!(
-            "scripts/kafka {cmd} --name {} --port {}: {:.1?}",
-            self.name,
-            self.port,
-            started.elapsed()
         );
     }
 }
