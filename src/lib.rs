@@ -22,7 +22,6 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;
-pub mod config_secrets;
 pub mod log_budget;
 pub mod metrics;
 pub mod port_owner;

@@ -7,7 +7,7 @@
 //! the minimum of 16`), prefixed with `FILE:LINE:COLUMN` when they come from reading the file.
 //!
 //! Any string value of the file may be `"${env:NAME}"` or `"${file:PATH}"`: the variable's
-//! value or the file's content (see [`crate::config_secrets`]). Errors never show what such a
+//! value or the file's content (see [`secrets`]). Errors never show what such a
 //! reference gave, nor the value of a key that holds a secret ([`is_secret_key`]).
 //!
 //! ```toml
@@ -42,10 +42,12 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::bridge::template::{validate_kafka_topic, Template};
-pub use crate::config_secrets::{is_secret_key, scrub};
-use crate::config_secrets::{Resolved, Substitutions};
+pub use secrets::{is_secret_key, scrub};
+use secrets::{Resolved, Substitutions};
 use crate::protocol::topic::{is_shared, validate_topic_filter};
 use crate::protocol::{DecodeError, PACKET_SIZE_BYTES_MAX};
+
+pub mod secrets;
 
 /// Port of the default listener: the IANA port for MQTT without TLS.
 pub const PORT_DEFAULT: u16 = 1883;
@@ -848,7 +850,7 @@ impl Config {
             ))
         })?;
         let resolved =
-            crate::config_secrets::resolve(text, document.get_ref(), env).map_err(ConfigError)?;
+            secrets::resolve(text, document.get_ref(), env).map_err(ConfigError)?;
         let mut config: Config = toml::from_str(&resolved.text).map_err(|e| {
             ConfigError(describe_toml_error(
                 text,
@@ -885,7 +887,7 @@ impl Config {
     /// that prints settings with their values.
     pub fn shown<'v>(&self, key: &str, value: &'v str) -> &'v str {
         if is_secret_key(key) || self.substitutions.of_key(key).is_some() {
-            crate::config_secrets::MASK
+            secrets::MASK
         } else {
             value
         }
