@@ -16,7 +16,7 @@
 //! | [`port_owner`] | who listens on a port (for a clear "address in use") |
 //! | [`auth`] | password and ACL files, reloadable snapshots |
 //! | [`topic`] | topic-filter trie and retained-message store, for subscribers and mappings |
-//! | [`config`] | the settings as plain data: defaults, TOML file, flags, `${env:}` secrets |
+//! | [`config`] | the settings as plain data, one file per section: defaults, TOML file, flags, `${env:}` secrets |
 //! | [`tls`] | TLS listener setup and client certificate identity |
 //! | [`spool`] | the per-shard durable log behind `ack = "durable"` |
 //! | [`bridge`] | the Kafka half: mappings, batches, producers, tickets, the spool's tasks |
@@ -32,7 +32,6 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;
-pub mod config_secrets;
 pub mod log_budget;
 pub mod metrics;
 pub mod port_owner;

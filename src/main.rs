@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferrymq::config::{self, BrokerArgs, LogConfig, LogFormat};
+use ferrymq::config::{self, BrokerArgs, Config, ConfigError, LogConfig, LogFormat};
 use ferrymq::protocol::{decode_packet, Protocol, Role, PACKET_SIZE_BYTES_MAX};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -283,11 +283,20 @@ impl Visit for MessageOnly<'_, '_> {
     }
 }
 
+/// The configuration, checked in full: [`config::load_with_rust_log`] checks the plain
+/// values, then the bridge parses the mappings' templates, so a bad one is a config error
+/// too, at startup and on SIGHUP.
+fn load_config(args: &BrokerArgs, rust_log: Option<&str>) -> Result<Config, ConfigError> {
+    let config = config::load_with_rust_log(args, rust_log)?;
+    ferrymq::bridge::validate(&config)?;
+    Ok(config)
+}
+
 fn run_broker(args: &BrokerArgs) -> ExitCode {
     let rust_log = std::env::var("RUST_LOG").ok();
     // Plain lines until the log is set up from the configuration, and for every config
     // error: one line, exit code 2.
-    let config = match config::load_with_rust_log(args, rust_log.as_deref()) {
+    let config = match load_config(args, rust_log.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ferrymq: config error: {error}");
@@ -297,9 +306,8 @@ fn run_broker(args: &BrokerArgs) -> ExitCode {
     start_logging(&config.log);
     // SIGHUP reads the file again (and its ${env:}/${file:} values) for new Kafka settings.
     let reload_args = args.clone();
-    let reload: ferrymq::server::Reload = Box::new(move || {
-        config::load_with_rust_log(&reload_args, rust_log.as_deref()).map_err(|e| e.to_string())
-    });
+    let reload: ferrymq::server::Reload =
+        Box::new(move || load_config(&reload_args, rust_log.as_deref()).map_err(|e| e.to_string()));
     match ferrymq::server::run_with_reload(config, Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         // A setting only checked when used (a librdkafka property, a CPU outside the

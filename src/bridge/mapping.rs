@@ -1,7 +1,8 @@
 //! The compiled `[[kafka.mapping]]` list: which mappings an MQTT topic reaches, and for each
 //! the cluster, the parsed topic and key templates, the headers and the ack mode.
 //!
-//! Built once per shard from the validated [`KafkaConfig`]; each shard owns its copy, so
+//! Built once per shard from the [`KafkaConfig`], whose templates it parses (and, through
+//! [`super::validate`], once at startup to refuse a bad one); each shard owns its copy, so
 //! matching needs no lock. Matching uses the broker's subscription trie with the mapping index
 //! as subscriber, so its cost depends on the filters that can match, not on how many mappings
 //! there are, and it allocates nothing once the match buffer has grown to the largest number
@@ -12,7 +13,7 @@ use crate::topic::SubscriptionTree;
 // Re-exported: the bridge reads them from a `Mapping` and should not need the config module.
 pub use crate::config::{AckMode, HeaderField, OnRefused};
 
-use super::template::Template;
+use super::template::{validate_kafka_topic, Template};
 
 /// The default record key: the MQTT topic, so one topic's messages share a partition and stay
 /// in order.
@@ -103,35 +104,51 @@ pub struct Mappings {
 }
 
 impl Mappings {
-    /// Compiles `config`, validating it first; the error is that of [`KafkaConfig::validate`].
+    /// Compiles `config`: checks it ([`KafkaConfig::validate`]), then parses each mapping's
+    /// topic and key templates and checks the Kafka topic names known now (a literal `topic`,
+    /// `dead_letter_topic`). This is the one place templates are parsed. The error is one line
+    /// naming the key, as the configuration's errors do: `kafka.mapping[2].topic: ...`.
     pub fn new(config: &KafkaConfig) -> Result<Mappings, ConfigError> {
         config.validate()?;
         let cluster_names: Vec<String> = config.clusters.keys().cloned().collect();
+        let cluster_index = |name: &str| {
+            cluster_names
+                .iter()
+                .position(|known| known == name)
+                .expect("a cluster's name is listed")
+        };
         let mut tree = SubscriptionTree::new();
         let mut mappings = Vec::with_capacity(config.mappings.len());
         for (index, m) in config.mappings.iter().enumerate() {
-            // Validation checked each of these; a failure here is a bug in it.
+            let error = |key: &str, problem: String| {
+                ConfigError::new(format!("kafka.mapping[{index}].{key}: {problem}"))
+            };
+            // `validate` checked that the mapping names a known cluster.
             let cluster = config.cluster_of(m).expect("validated cluster");
-            let cluster_index = cluster_names
-                .iter()
-                .position(|name| name == cluster)
-                .expect("a cluster's name is listed");
-            let template = |source: &str| Template::parse(source).expect("validated template");
-            let dead_letter = config.dead_letter_cluster_of(m).map(|cluster| DeadLetter {
-                cluster_index: cluster_names
-                    .iter()
-                    .position(|name| name == cluster)
-                    .expect("a cluster's name is listed"),
-                topic: m
-                    .dead_letter_topic
-                    .clone()
-                    .expect("validated dead-letter topic"),
-            });
+            let topic = Template::parse(&m.topic).map_err(|e| error("topic", e))?;
+            // A topic that depends on the message is sanitized when rendered instead.
+            if let Some(name) = topic.is_literal() {
+                validate_kafka_topic(name).map_err(|e| error("topic", e))?;
+            }
+            let key = Template::parse(m.key.as_deref().unwrap_or(KEY_DEFAULT))
+                .map_err(|e| error("key", e))?;
+            let dead_letter = match config.dead_letter_cluster_of(m) {
+                Some(cluster) => {
+                    // `validate` checked that `dead_letter` has its topic.
+                    let topic = m.dead_letter_topic.clone().expect("validated");
+                    validate_kafka_topic(&topic).map_err(|e| error("dead_letter_topic", e))?;
+                    Some(DeadLetter {
+                        cluster_index: cluster_index(cluster),
+                        topic,
+                    })
+                }
+                None => None,
+            };
             mappings.push(Mapping {
                 index,
-                cluster_index,
-                topic: template(&m.topic),
-                key: template(m.key.as_deref().unwrap_or(KEY_DEFAULT)),
+                cluster_index: cluster_index(cluster),
+                topic,
+                key,
                 headers: m.headers.iter().copied().collect(),
                 ack: m.ack,
                 mqtt_subscribers: m.mqtt_subscribers,
@@ -368,6 +385,63 @@ mod tests {
             error.to_string(),
             "kafka.mapping[1].cluster: \"backup\" is not a cluster (known: audit, main)"
         );
+    }
+
+    /// The errors of what only the bridge parses, as `ferrymq` prints them: one line naming
+    /// the key, the reference a value came from, and never the value.
+    #[test]
+    fn templates_and_topic_names_are_checked_naming_the_key() {
+        let ok = "[[kafka.mapping]]\nmqtt = \"ok\"\ncluster = \"main\"\ntopic = \"ok\"\n";
+        let cases = [
+            (
+                "topic = \"t.{clientid}\"\n",
+                "kafka.mapping[1].topic: unknown placeholder {clientid} (known: {client_id}, \
+                 {username}, {topic}, {1}, {2}..., {prop:NAME})",
+            ),
+            (
+                "topic = \"devices/all\"\n",
+                "kafka.mapping[1].topic: \"devices/all\" is not a Kafka topic name: '/' is not \
+                 allowed (only ASCII letters, digits, '.', '_' and '-')",
+            ),
+            (
+                "topic = \"\"\n",
+                "kafka.mapping[1].topic: a Kafka topic name cannot be empty",
+            ),
+            (
+                "topic = \"t\"\nkey = \"{1\"\n",
+                "kafka.mapping[1].key: unclosed '{' in \"{1\"; write '{{' for a literal brace",
+            ),
+            (
+                "topic = \"t\"\non_refused = \"dead_letter\"\ndead_letter_topic = \"a b\"\n",
+                "kafka.mapping[1].dead_letter_topic: \"a b\" is not a Kafka topic name: ' ' is \
+                 not allowed (only ASCII letters, digits, '.', '_' and '-')",
+            ),
+            (
+                "topic = \"${env:TOPIC}\"\n",
+                "kafka.mapping[1].topic: ${env:TOPIC}: \"***\" is not a Kafka topic name: '/' \
+                 is not allowed (only ASCII letters, digits, '.', '_' and '-')",
+            ),
+        ];
+        for (second, expected) in cases {
+            let text = format!(
+                "{CLUSTERS}{ok}[[kafka.mapping]]\nmqtt = \"a\"\ncluster = \"main\"\n{second}"
+            );
+            let env = |name: &str| (name == "TOPIC").then(|| "secret/topic".into());
+            let config = Config::from_toml_with_env(&text, "test.toml", &env).expect(&text);
+            // Plain data: the configuration takes the strings as they are.
+            config.validate().expect(&text);
+            let error = crate::bridge::validate(&config)
+                .expect_err(&text)
+                .to_string();
+            assert_eq!(error, expected);
+            assert_eq!(
+                Mappings::new(&config.kafka).err().map(|e| e.to_string()),
+                Some(expected.replace("${env:TOPIC}: \"***\"", "\"secret/topic\"")),
+                "Mappings::new names the key too; only the bridge's validate hides values"
+            );
+        }
+        // A topic that depends on the message is sanitized when rendered, not refused.
+        compile("[[kafka.mapping]]\nmqtt = \"a/#\"\ncluster = \"main\"\ntopic = \"t/{1}\"\n");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod ticket;
 use bytes::Bytes;
 use rdkafka::error::RDKafkaErrorCode;
 
+use crate::config::{Config, ConfigError};
 use crate::protocol::{MqttStr, PublishProperties, QoS, ReasonCode};
 
 pub use driver::{start_producers, Bridge, BridgeParts, BridgeSnapshot, ShardProducers};
@@ -154,4 +155,15 @@ impl Acknowledgement {
 pub struct Completed {
     pub ticket: Ticket,
     pub outcome: Acknowledgement,
+}
+
+/// Checks what the configuration leaves to the bridge: the mappings' topic and key templates
+/// and Kafka topic names, by compiling the mappings once. The error is one line naming the
+/// key (`kafka.mapping[2].topic: ...`), with references and secrets shown as
+/// [`Config::validate`] shows them. `ferrymq` calls it right after [`crate::config::load`],
+/// so a bad template stops the start as any other config error does.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    mapping::Mappings::new(&config.kafka)
+        .map(drop)
+        .map_err(|error| config.shown_error(error))
 }

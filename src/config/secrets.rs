@@ -30,7 +30,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::config::toml_key;
+use super::file::toml_key;
 
 /// What a secret is shown as.
 pub const MASK: &str = "***";
