@@ -533,6 +533,7 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
         } else {
             None
         },
+        exact_schedule: false,
     })
 }
 
