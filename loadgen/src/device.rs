@@ -628,6 +628,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_exact_schedule_catches_up_and_counts_latency_from_the_schedule() {
+        let sc = Scenario {
+            exact_schedule: true,
+            inflight_max: 4,
+            messages_per_device: Some(100),
+            ..scenario()
+        };
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        let mut device = Device::publisher(10);
+        let mut tx = BytesMut::new();
+        device.connect(&sc, 0, &mut tx);
+        let connack = Packet::ConnAck(Box::new(ConnAck::new(false, ReasonCode::Success)));
+        device
+            .handle(connack, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        tx.clear();
+        // Due at 0, 100 and 200 ms; the step comes at 250 ms: all three go at once.
+        assert_eq!(device.maybe_publish(&sc, 250_000, &mut tx, &counters), 3);
+        assert_eq!(device.next_publish_us, 300_000, "the schedule holds");
+        let ack = |id| Packet::PubAck(PubAck::new(id));
+        device
+            .handle(ack(1), &sc, 260_000, &mut tx, &mut seen, &counters)
+            .unwrap();
+        // From its scheduled send at 0, not the late one at 250 ms.
+        assert!((259_000..=261_000).contains(&seen.puback.max()));
+        assert_eq!(seen.last_ack_us, 260_000);
+        // No interval: the window fills in one step.
+        let sc = Scenario {
+            publish_interval: std::time::Duration::ZERO,
+            ..sc
+        };
+        assert_eq!(device.maybe_publish(&sc, 300_000, &mut tx, &counters), 2);
+        assert_eq!(device.inflight.len(), 4);
+    }
+
+    #[test]
     fn subscriber_subscribes_acks_and_tracks_sequences() {
         let sc = scenario();
         let counters = ShardCounters::default();
