@@ -119,6 +119,10 @@ pub struct Observed {
     pub first_connect_us: u64,
     /// The last CONNACK accepted (µs since the epoch; 0: none yet).
     pub last_connack_us: u64,
+    /// The first PUBLISH sent (µs since the epoch; u64::MAX: none yet).
+    pub first_publish_us: u64,
+    /// The last PUBACK or PUBREC accepted (µs since the epoch; 0: none yet).
+    pub last_ack_us: u64,
     /// Per subscriber slot of this shard: publisher device → sequence numbers received.
     /// With `--one-to-one` only the paired publisher has an entry.
     pub sub_seen: Vec<HashMap<u64, SeqSet>>,
@@ -137,6 +141,8 @@ impl Observed {
             connect: latency_histogram(),
             first_connect_us: u64::MAX,
             last_connack_us: 0,
+            first_publish_us: u64::MAX,
+            last_ack_us: 0,
             sub_seen: vec![HashMap::new(); subscriber_slots],
             sub_foreign: 0,
             sub_misrouted: 0,
@@ -264,21 +270,36 @@ impl Device {
             < usize::from(scenario.inflight_max)
     }
 
-    /// Publishes if the device is due, has messages left and room in its window.
+    /// Publishes if the device is due, has messages left and room in its window: one
+    /// message, or with [`Scenario::exact_schedule`] every message due now (at most a
+    /// window's worth, or 64 QoS 0 messages). Returns how many it sent.
     pub fn maybe_publish(
         &mut self,
         scenario: &Scenario,
         now_us: u64,
         tx: &mut BytesMut,
         counters: &ShardCounters,
-    ) {
-        if self.phase != Phase::Running
-            || now_us < self.next_publish_us
-            || !self.has_messages_left(scenario)
-            || !self.window_open(scenario)
+    ) -> u32 {
+        let burst = if scenario.exact_schedule {
+            usize::from(scenario.inflight_max).max(64)
+        } else {
+            1
+        };
+        let mut sent = 0;
+        while sent < burst
+            && self.phase == Phase::Running
+            && now_us >= self.next_publish_us
+            && self.has_messages_left(scenario)
+            && self.window_open(scenario)
         {
-            return;
+            self.publish(scenario, now_us, tx);
+            sent += 1;
         }
+        ShardCounters::add(&counters.publishes, sent as u64);
+        sent as u32
+    }
+
+    fn publish(&mut self, scenario: &Scenario, now_us: u64, tx: &mut BytesMut) {
         let seq = self.seq_next;
         let qos = scenario.qos_mix.qos_of(self.number, seq);
         let header = PayloadHeader {
@@ -288,12 +309,19 @@ impl Device {
         };
         let topic = scenario.topic.render(self.number, &scenario.id_prefix);
         let mut publish = Publish::new(topic, qos, scenario.payload(header));
+        let interval_us = scenario.publish_interval.as_micros() as u64;
+        // The moment publish→ack counts from: the schedule's, or the send's.
+        let since_us = if scenario.exact_schedule && interval_us > 0 {
+            self.next_publish_us.min(now_us)
+        } else {
+            now_us
+        };
         if qos == QoS::AtMostOnce {
             self.sent_qos0 += 1;
         } else {
             publish.packet_id = packet_id_of(seq);
             self.inflight.push(Inflight {
-                sent_us: now_us,
+                sent_us: since_us,
                 seq,
                 packet_id: publish.packet_id,
             });
@@ -302,10 +330,12 @@ impl Device {
         self.seq_next += 1;
         self.last_tx_us = now_us;
         // Keep the pace of the schedule, but after a stall (a full window) start afresh
-        // rather than burst to catch up.
-        let interval_us = scenario.publish_interval.as_micros() as u64;
-        self.next_publish_us = (self.next_publish_us + interval_us).max(now_us);
-        ShardCounters::add(&counters.publishes, 1);
+        // rather than burst to catch up; an exact schedule catches up.
+        self.next_publish_us = if scenario.exact_schedule {
+            self.next_publish_us + interval_us
+        } else {
+            (self.next_publish_us + interval_us).max(now_us)
+        };
     }
 
     /// Appends PINGREQ when nothing was sent for half the keep alive.
@@ -472,6 +502,7 @@ impl Device {
             return Ok(());
         }
         self.acked += 1;
+        observed.last_ack_us = observed.last_ack_us.max(now_us);
         record_latency(&mut observed.puback, now_us.saturating_sub(message.sent_us));
         ShardCounters::add(&counters.acks, 1);
         Ok(())
@@ -520,6 +551,7 @@ pub(crate) mod tests {
             broker_pids: Vec::new(),
             child: false,
             tls: None,
+            exact_schedule: false,
         }
     }
 
@@ -593,6 +625,43 @@ pub(crate) mod tests {
         device.abandon_inflight();
         assert_eq!(device.unacked, vec![1, 2]);
         assert!(device.inflight.is_empty());
+    }
+
+    #[test]
+    fn an_exact_schedule_catches_up_and_counts_latency_from_the_schedule() {
+        let sc = Scenario {
+            exact_schedule: true,
+            inflight_max: 4,
+            messages_per_device: Some(100),
+            ..scenario()
+        };
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        let mut device = Device::publisher(10);
+        let mut tx = BytesMut::new();
+        device.connect(&sc, 0, &mut tx);
+        let connack = Packet::ConnAck(Box::new(ConnAck::new(false, ReasonCode::Success)));
+        device
+            .handle(connack, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        tx.clear();
+        // Due at 0, 100 and 200 ms; the step comes at 250 ms: all three go at once.
+        assert_eq!(device.maybe_publish(&sc, 250_000, &mut tx, &counters), 3);
+        assert_eq!(device.next_publish_us, 300_000, "the schedule holds");
+        let ack = |id| Packet::PubAck(PubAck::new(id));
+        device
+            .handle(ack(1), &sc, 260_000, &mut tx, &mut seen, &counters)
+            .unwrap();
+        // From its scheduled send at 0, not the late one at 250 ms.
+        assert!((259_000..=261_000).contains(&seen.puback.max()));
+        assert_eq!(seen.last_ack_us, 260_000);
+        // No interval: the window fills in one step.
+        let sc = Scenario {
+            publish_interval: std::time::Duration::ZERO,
+            ..sc
+        };
+        assert_eq!(device.maybe_publish(&sc, 300_000, &mut tx, &counters), 2);
+        assert_eq!(device.inflight.len(), 4);
     }
 
     #[test]

@@ -298,9 +298,14 @@ impl Driver {
             if self.slots_alive == 0 {
                 break;
             }
-            let timeout_ms = self.wait_ms(now_us());
+            let timeout_us = self.wait_us(now_us());
             let mut events = std::mem::take(&mut self.events);
-            let ready = self.epoll.wait(&mut events, timeout_ms);
+            let ready = if self.scenario.exact_schedule {
+                self.epoll.wait_us(&mut events, timeout_us)
+            } else {
+                self.epoll
+                    .wait(&mut events, timeout_us.div_ceil(1000) as i32)
+            };
             for event in &events[..ready] {
                 let (token, flags) = (event.u64, event.events);
                 self.on_ready(token, flags);
@@ -313,8 +318,9 @@ impl Driver {
         }
     }
 
-    /// How long the loop may sleep: until the next timer, connection slot or flag check.
-    fn wait_ms(&self, now: u64) -> i32 {
+    /// How long the loop may sleep, in µs: until the next timer, connection slot or flag
+    /// check. Epoll waits in whole milliseconds, rounded up, unless the schedule is exact.
+    fn wait_us(&self, now: u64) -> u64 {
         let mut wake = now + WAIT_MS_MAX * 1000;
         if let Some(Reverse((when, _))) = self.timers.peek() {
             wake = wake.min(*when);
@@ -325,7 +331,7 @@ impl Driver {
         if !self.publishers_released {
             wake = wake.min(now + 10_000);
         }
-        wake.saturating_sub(now).div_ceil(1000) as i32
+        wake.saturating_sub(now)
     }
 
     /// Reacts to the run's flags: publishers may start, the run stops, subscribers leave.
@@ -717,12 +723,16 @@ impl Driver {
                         let blocked = !device.pending_tx.is_empty()
                             || s.tls.as_ref().is_some_and(|c| c.wants_write());
                         if !self.stop_seen && device.has_messages_left(scenario) && !blocked {
-                            device.maybe_publish(
+                            let sent = device.maybe_publish(
                                 scenario,
                                 now,
                                 &mut self.tx,
                                 &control.counters[self.index],
                             );
+                            if sent > 0 {
+                                let first = &mut self.observed.first_publish_us;
+                                *first = (*first).min(now);
+                            }
                         }
                         let done_publishing = self.stop_seen || !device.has_messages_left(scenario);
                         let drained = device.inflight.is_empty() && device.awaiting_pubcomp == 0;

@@ -1,9 +1,9 @@
 //! `--kafka-config KEY=VALUE`: librdkafka properties from the command line, for a secured
 //! Kafka (TLS, SASL, ...) or any other client setting.
 //!
-//! One source file for three programs: `ferrymq-loadgen` (this crate), `ferrymq-bench-bridge`
-//! and `benches/mqtt_to_kafka.rs` include it with `#[path]`, so it needs nothing but std and
-//! rdkafka.
+//! One source file for two programs: `ferrymq-loadgen` (this crate, `kafka-bench` included)
+//! and `ferrymq-bench-bridge`, which includes it with `#[path]`, so it needs nothing but std
+//! and rdkafka.
 //!
 //! A value written `${env:NAME}` is the environment variable NAME, one written
 //! `${file:PATH}` the content of the file PATH without its final newline: passwords need not

@@ -12,7 +12,10 @@
 //! - [`probe`]: Kafka warmed up before the clock starts, and its own produce latency
 //!   measured during the run;
 //! - [`report`]: counters, progress line, latency histograms, the report and its JSON;
-//! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged.
+//! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged;
+//! - [`kafka_bench`]: `ferrymq-loadgen kafka-bench`, the MQTT → Kafka benchmark
+//!   (`scripts/bench-kafka`): these devices against ferrymq binaries and the bare
+//!   librdkafka client.
 //!
 //! Traffic shapes: publishers only (fan-in to Kafka), `--subscribers N` (fan-out: each
 //! subscriber gets every message of the process's publishers) and `--one-to-one` (each
@@ -27,6 +30,7 @@
 
 mod device;
 mod engine;
+mod kafka_bench;
 mod kafka_config;
 mod net;
 mod preflight;
@@ -59,7 +63,7 @@ static GLOBAL: report::CountingAllocator = report::CountingAllocator;
 /// connect rate and TCP connect → CONNACK latency (TLS handshake included with --tls).
 /// Exit status: 0 when no acknowledged message is missing (nor, one-to-one, delivered
 /// to the wrong subscriber), 1 when one is, 2 for bad flags or a failed preflight, 3 for
-/// other errors.
+/// other errors. `ferrymq-loadgen kafka-bench --help`: the MQTT → Kafka benchmark.
 #[derive(Parser, Debug)]
 #[command(
     name = "ferrymq-loadgen",
@@ -533,6 +537,7 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
         } else {
             None
         },
+        exact_schedule: false,
     })
 }
 
@@ -579,6 +584,9 @@ fn demand_of(scenario: &Scenario, procs: u64) -> preflight::Demand {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("kafka-bench") {
+        return kafka_bench::main(std::env::args().skip(1));
+    }
     let args = Args::parse();
     if let Err(message) = check(&args) {
         eprintln!("ferrymq-loadgen: {message}");

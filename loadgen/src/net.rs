@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// An epoll set, edge-triggered: a socket is reported when it becomes readable or
 /// writable, and the reader then drains it.
@@ -61,6 +62,34 @@ impl Epoll {
         };
         // EINTR (a signal) reads as "nothing yet".
         n.max(0) as usize
+    }
+
+    /// Waits up to `timeout_us` on a high-resolution timer (epoll_pwait2; where the kernel
+    /// lacks it, epoll_wait rounded up to whole milliseconds) and fills `events`.
+    pub fn wait_us(&self, events: &mut [libc::epoll_event], timeout_us: u64) -> usize {
+        static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+        if !NO_PWAIT2.load(Ordering::Relaxed) {
+            let timeout = libc::timespec {
+                tv_sec: (timeout_us / 1_000_000) as libc::time_t,
+                tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
+            };
+            // SAFETY: `events` is a live buffer of its length, `timeout` a valid timespec,
+            // no signal mask.
+            let n = unsafe {
+                libc::epoll_pwait2(
+                    self.fd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    &timeout,
+                    std::ptr::null(),
+                )
+            };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return n.max(0) as usize;
+            }
+            NO_PWAIT2.store(true, Ordering::Relaxed);
+        }
+        self.wait(events, timeout_us.div_ceil(1000) as i32)
     }
 }
 

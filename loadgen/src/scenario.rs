@@ -283,6 +283,13 @@ pub struct Scenario {
     pub child: bool,
     /// `--tls`: the devices speak MQTT over TLS with this client configuration.
     pub tls: Option<crate::tls::TlsClient>,
+    /// Exact schedule (`kafka-bench`): shards sleep on microsecond timers instead of whole
+    /// milliseconds, a device sends every message that is due in one go (a late device
+    /// catches up instead of starting afresh; with no interval it fills its window), and
+    /// publish→ack latency counts from each message's scheduled send time, so that a late
+    /// send shows as latency (no coordinated omission). Off for fleets: many devices on
+    /// millisecond timers share wake-ups.
+    pub exact_schedule: bool,
 }
 
 impl Scenario {
