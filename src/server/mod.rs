@@ -9,7 +9,7 @@ mod telemetry;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write as _};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,7 +141,9 @@ fn announce_listeners(listeners: &[Listener], cpus: &[usize]) {
         let line = format!("listening on {addr}{suffix} with {shards} shards (CPUs {cpus:?})");
         info!(addr = %addr, tls = tls.is_some(), shards, cpus = ?cpus, "{line}");
         if to_stdout {
-            println!("ferrymq: {line}");
+            // Not println!: a closed stdout (a parent that stopped reading) must not stop
+            // the broker; the line is in the log anyway.
+            let _ = writeln!(std::io::stdout(), "ferrymq: {line}");
         }
     }
 }
