@@ -3,10 +3,11 @@
 //! with batches kept on their lanes (a long linger, large batches) where the tests look at
 //! them, and delivery reports made here and applied with [`ShardBridge::apply_report`].
 //!
-//! Not covered here: `ack = "durable"` with a real spool. A [`SpoolLog`] is only made by
-//! `spool::log::open`, which is async and needs glommio's io_uring (a runtime); so whether
-//! `admit` refuses for a full spool is not tested here (it needs a spool attached), only
-//! that nothing is refused without one.
+//! `ack = "durable"` needs a [`SpoolLog`], which only `spool::log::open` makes: async, on
+//! glommio's io_uring. Those tests run on a one-shard runtime, as `spool::log`'s own do
+//! (still no Kafka and no sleeps), with a spool in a temporary directory; a full spool is one
+//! attached with `max_bytes = 0`. The spool's flush and read-back tasks are not run: the
+//! flush is told by hand ([`ShardBridge::spool_flushed`]).
 //!
 //! The module also installs a counting global allocator for the library's test binary
 //! (counts per thread, so tests running in parallel do not disturb each other) to measure
@@ -15,8 +16,9 @@
 //! [`SpoolLog`]: crate::spool::log::SpoolLog
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,9 +26,12 @@ use bytes::Bytes;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::config::SpoolWhenFull;
 use crate::metrics::RefusedReason;
 use crate::protocol::{MqttStr, PublishProperties, QoS, ReasonCode};
 use crate::runtime::{cross_thread_wake, WakeEnd};
+use crate::spool::log::{self as spool_log, SpoolLog};
+use crate::spool::SpoolStats;
 
 use super::mapping::{Mappings, OnRefused};
 use super::producer::{self, KafkaProducer, RefusedRecord, Report};
@@ -366,6 +371,118 @@ fn nothing_is_refused_for_a_full_spool_without_a_spool() {
     assert!(admission.to_kafka());
     assert!(!admission.refused_for_full_spool());
     assert!(!b.is_backlogged_for(&admission));
+}
+
+// ---------------------------------------------------------------------------------------
+// ack = "durable": a spool on a one-shard runtime
+
+/// Runs `test` on a one-shard glommio runtime with a spool opened in a directory of its
+/// own (the spool needs io_uring).
+fn with_spool<F, Fut>(name: &'static str, test: F)
+where
+    F: Fn(Rc<RefCell<SpoolLog>>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let dir =
+        std::env::temp_dir().join(format!("ferrymq-state-tests-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cpu = crate::runtime::affinity_cpus().unwrap()[0];
+    let shard_dir = dir.clone();
+    crate::runtime::run_shards::<(), _, _>(&[cpu], 1, move |_env| {
+        let (test, dir) = (test.clone(), shard_dir.clone());
+        async move {
+            let (log, cuts) = spool_log::open(&dir, &[], 1 << 20).await.expect("a spool");
+            assert!(cuts.is_empty());
+            test(Rc::new(RefCell::new(log))).await
+        }
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_spool_refuses_only_v5_qos1_and_2_durable_publishes_when_told_to() {
+    with_spool("refuse", |spool| async move {
+        let mappings = [
+            mapping("sensors/#", "telemetry", "ack = \"durable\""),
+            mapping("alerts/#", "alerts", ""),
+        ]
+        .concat();
+        let mut f = bridge(&mappings);
+        let b = &mut f.bridge;
+        // Full: it holds `max_bytes` (0) already.
+        b.attach_spool(spool.clone(), 0, SpoolWhenFull::Refuse);
+        assert!(b.spool_is_full());
+        assert!(b.is_backlogged());
+        let refused = |b: &mut ShardBridge, topic: &str, qos: QoS, v5: bool| {
+            b.admit(topic, qos, v5).refused_for_full_spool()
+        };
+        assert!(refused(b, "sensors/t1", QoS::AtLeastOnce, true));
+        assert!(refused(b, "sensors/t1", QoS::ExactlyOnce, true));
+        assert!(
+            !refused(b, "sensors/t1", QoS::AtLeastOnce, false),
+            "3.1.1 waits"
+        );
+        assert!(
+            !refused(b, "sensors/t1", QoS::AtMostOnce, true),
+            "QoS 0 is dropped"
+        );
+        assert!(
+            !refused(b, "alerts/fire", QoS::AtLeastOnce, true),
+            "not durable"
+        );
+        assert_eq!(b.trie_walks(), 5);
+        // Publishers of durable messages wait; others only for their own producer.
+        let durable = b.admit("sensors/t1", QoS::AtLeastOnce, false);
+        assert!(b.is_backlogged_for(&durable));
+        let kafka = b.admit("alerts/fire", QoS::AtLeastOnce, false);
+        assert!(!b.is_backlogged_for(&kafka));
+        // QoS 0 to a full spool is dropped and counted.
+        let message = Message::new("sensors/t1", QoS::AtMostOnce);
+        assert_eq!(b.publish(&message, Instant::now()), None);
+        assert_eq!(b.dropped_qos0_ring_full, 1);
+        assert_eq!(b.snapshot().0[0].dropped_ring_full, 1);
+        assert_eq!(spool.borrow().bytes(), 0, "nothing appended");
+
+        // `hold` never refuses: 5.0 publishers wait as 3.1.1 ones do.
+        b.attach_spool(spool, 0, SpoolWhenFull::Hold);
+        assert!(!refused(b, "sensors/t1", QoS::AtLeastOnce, true));
+    });
+}
+
+#[test]
+fn a_durable_publish_is_acknowledged_when_the_spool_flush_holds_it() {
+    with_spool("flush", |spool| async move {
+        let mut f = bridge(&mapping("sensors/#", "telemetry", "ack = \"durable\""));
+        let b = &mut f.bridge;
+        b.attach_spool(spool.clone(), u64::MAX, SpoolWhenFull::Refuse);
+        let now = Instant::now();
+        let admission = b.admit("sensors/t1", QoS::AtLeastOnce, true);
+        assert!(!admission.refused_for_full_spool(), "room in the spool");
+        let ticket = b.publish(&Message::new("sensors/t1", QoS::AtLeastOnce), now);
+        assert_eq!(ticket, Some(Ticket::FIRST));
+        // A QoS 0 record is spooled too, with nobody waiting.
+        assert_eq!(
+            b.publish(&Message::new("sensors/t2", QoS::AtMostOnce), now),
+            None
+        );
+        assert!(b.lanes[MAIN].batch.is_empty(), "to the spool, not the lane");
+        assert!(spool.borrow().bytes() > 0);
+        let waiting: Vec<(u64, Option<Ticket>)> = b
+            .spool_waiting
+            .iter()
+            .map(|&(seq, t, _)| (seq, t))
+            .collect();
+        assert_eq!(waiting, [(0, Some(Ticket::FIRST)), (1, None)]);
+        assert_eq!(b.snapshot().0[0].produced, 2);
+
+        let stats = SpoolStats::default();
+        let completed = b.spool_flushed(1, now, &stats);
+        assert_eq!(completed, done(Ticket::FIRST, Acknowledgement::Stored));
+        assert!(b.spool_waiting.is_empty());
+        assert_eq!(b.pending_count(), 0);
+        assert_eq!(stats.append_latency_us.borrow().len(), 2);
+    });
 }
 
 // ---------------------------------------------------------------------------------------

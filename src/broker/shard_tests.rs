@@ -274,7 +274,7 @@ fn a_connected_session_is_congested_at_half_its_queue_maximum() {
 
     // Two queued: half. The publisher hears whom it waits for.
     let targets = shard.route(&message("sensors/t1", QoS::AtLeastOnce), now);
-    assert_eq!(targets.congested, [id.clone()]);
+    assert_eq!(targets.congested.as_slice(), std::slice::from_ref(&id));
     assert!(shard.is_congested(&id));
     assert_eq!(in_flight_and_queued(&mut shard, &id), (vec![1], 2));
     assert!(shard.take_congested().is_empty(), "handed over by route");
