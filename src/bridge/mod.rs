@@ -31,6 +31,8 @@ mod records;
 mod reports;
 pub mod settings;
 mod state;
+#[cfg(test)]
+mod state_tests;
 pub mod template;
 pub mod ticket;
 

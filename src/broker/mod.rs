@@ -21,6 +21,8 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod shard_message;
+#[cfg(test)]
+mod shard_tests;
 mod subscribe;
 
 pub use connect::accept_loop;
