@@ -251,7 +251,6 @@ fn leader_broker_down_then_up_loses_nothing() {
         acked.load(Ordering::Relaxed) >= 50
     });
     mock.broker_down(1).unwrap();
-    let held = PortsHeld::while_down(&mock.bootstrap_servers());
     // PUBACKs of records Kafka took before the connection dropped may still be on their way.
     thread::sleep(Duration::from_millis(300));
     let during = acked.load(Ordering::Relaxed);
@@ -263,7 +262,6 @@ fn leader_broker_down_then_up_loses_nothing() {
     );
     assert!(during < 200, "the stream ended before the fault");
     eprintln!("down: {during} of 200 acknowledged when the leader went down, none while down");
-    drop(held);
     mock.broker_up(1).unwrap();
     let codes = publisher.join().unwrap();
     assert_all_success(&codes);
@@ -550,64 +548,12 @@ fn fatal_idempotence_error_fails_then_recovers() {
     drop(broker);
 }
 
-/// The ports of mock brokers that are down, bound but not listening (a connect to one is
-/// refused, as to a broker that is down), until dropped right before `broker_up`. Without
-/// this, any outgoing connection (ferrymq's own reconnects to that broker, a parallel test)
-/// may take a free mock port as its source port, and librdkafka's mock aborts the whole
-/// test process when it cannot listen there again ("Failed to create mock broker
-/// listener", seen in CI).
-struct PortsHeld(Vec<i32>);
-
-impl PortsHeld {
-    fn while_down(bootstrap: &str) -> PortsHeld {
-        let mut held = Vec::new();
-        for addr in bootstrap.split(',') {
-            let addr: std::net::SocketAddrV4 = addr.parse().expect("mock brokers on IPv4");
-            // SAFETY: a socket we own, bound to an address we build, closed in Drop.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-                let sockaddr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: addr.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*addr.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let bound = libc::bind(
-                    fd,
-                    (&sockaddr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                );
-                if bound == 0 {
-                    held.push(fd);
-                } else {
-                    // A broker that is still up listens there.
-                    libc::close(fd);
-                }
-            }
-        }
-        PortsHeld(held)
-    }
-}
-
-impl Drop for PortsHeld {
-    fn drop(&mut self) {
-        for fd in self.0.drain(..) {
-            // SAFETY: our own descriptor, closed once.
-            unsafe { libc::close(fd) };
-        }
-    }
-}
-
 /// Fault 5: Kafka is away when the broker starts: MQTT works (unmapped topics flow), a QoS 1
 /// PUBLISH to a mapped topic is not acknowledged while Kafka is down, and is once it is up.
 #[test]
 fn kafka_away_at_startup() {
     let mock = mock_cluster(3);
     mock.broker_down(-1).unwrap();
-    let held = PortsHeld::while_down(&mock.bootstrap_servers());
     let broker = start_broker("away", &mock.bootstrap_servers(), "");
 
     let mut subscriber = connect(&broker, Protocol::V5, "away-sub");
@@ -628,7 +574,6 @@ fn kafka_away_at_startup() {
         None,
         "PUBACK while every Kafka broker is down"
     );
-    drop(held);
     mock.broker_up(-1).unwrap();
     let up = Instant::now();
     assert_eq!(publisher.puback(2, WAIT), Some(ReasonCode::Success));

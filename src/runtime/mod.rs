@@ -155,16 +155,6 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
 }
 
 /// Lets other tasks of this shard run: used to bound the work of one loop turn.
-/// Runs a blocking call (removing a file, say) on this shard's blocking thread, so that
-/// the shard's own thread keeps serving its sockets meanwhile.
-pub async fn spawn_blocking<F, R>(call: F) -> R
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    glommio::executor().spawn_blocking(call).await
-}
-
 pub async fn yield_now() {
     glommio::yield_if_needed().await;
 }
