@@ -210,8 +210,15 @@ fn counts_messages_by_qos_and_shard_busy_time() {
         metrics_port,
         "/metrics",
         Duration::from_secs(5),
+        // Every shard leaves its first snapshot a second after it starts: wait for all.
         |_, body| {
-            sample(body, "ferrymq_shard_busy_seconds_total{shard=\"0\"}").is_some_and(|v| v > 0.0)
+            (0..common::shard_count()).all(|shard| {
+                sample(
+                    body,
+                    &format!("ferrymq_shard_busy_seconds_total{{shard=\"{shard}\"}}"),
+                )
+                .is_some_and(|v| v > 0.0)
+            })
         },
     );
     check_exposition(&body);
