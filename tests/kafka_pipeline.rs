@@ -913,8 +913,10 @@ ack = "none"
 // 6. Configuration errors.
 
 /// How long a refused configuration may take to make the broker exit: it is checked
-/// before the shards start (librdkafka properties when the producers are created).
-const REFUSED_WITHIN: Duration = Duration::from_secs(5);
+/// before the shards start (librdkafka properties when the producers are created). It
+/// takes about 0.1 s; this is a guard against a broker that starts anyway, with room for
+/// a machine so loaded that 5 s were once not enough.
+const REFUSED_WITHIN: Duration = Duration::from_secs(20);
 
 /// Runs `ferrymq --config FILE`: returns the exit status and stderr if it exits within
 /// [`REFUSED_WITHIN`], or None if it kept running (it was then killed).
