@@ -49,6 +49,15 @@ pub struct RemoteTargets {
     pub congested: Vec<MqttStr>,
 }
 
+/// The subscribers of a message on the shard that routes it.
+#[derive(Default)]
+struct LocalTargets {
+    /// Ordinary subscriptions match here.
+    normal: bool,
+    /// Shared groups whose turn fell on this shard.
+    shared_groups: Vec<String>,
+}
+
 /// What CONNECT produced: the CONNACK, and whether the old connection of the client was
 /// taken over with its will to publish.
 pub struct Opened {
@@ -92,9 +101,15 @@ pub struct Shard {
     /// The snapshot this shard decides with, swapped when the store's generation moves
     /// (one atomic load per decision, no lock).
     auth_snapshot: Arc<AuthSnapshot>,
+    /// Per Kafka source partition (its slot), the offset of a record refused here for a
+    /// full session: later ones are refused too until the source comes back to it.
+    source_blocks: HashMap<u64, i64>,
 }
 
 mod access;
+mod source;
+
+pub use source::SourceRouting;
 
 use access::refreshed;
 
@@ -125,6 +140,7 @@ impl Shard {
             congested: Vec::new(),
             auth: Arc::new(AuthStore::open()),
             auth_snapshot: Arc::new(AuthSnapshot::open()),
+            source_blocks: HashMap::new(),
         }
     }
 
@@ -446,40 +462,60 @@ impl Shard {
     /// Routes a message published on this shard: delivers to local subscribers and shared
     /// groups whose turn is here, and says which other shards must get it.
     pub fn route(&mut self, message: &Rc<Message>, now: Instant) -> RemoteTargets {
-        let mut targets = RemoteTargets::default();
-        let mut local_normal = false;
-        let mut local_shared_groups: Vec<String> = Vec::new();
-        let own_id = self.id;
-        self.interest.for_each_match(&message.topic, |m| match m {
-            Match::Normal { key, .. } => {
-                if *key == own_id {
-                    local_normal = true;
-                } else if !targets.shards.contains(key) {
-                    targets.shards.push(*key);
-                }
-            }
-            Match::Shared { group, key, .. } => {
-                if *key == own_id {
-                    local_shared_groups.push(group.to_string());
-                } else {
-                    targets.shared.push((*key, group.to_string()));
-                }
-            }
-        });
-        if local_normal {
+        let (local, mut targets) = self.interested(&message.topic);
+        if local.normal {
             self.deliver_local(message, now);
         }
-        for group in local_shared_groups {
+        for group in local.shared_groups {
             self.deliver_shared(message, &group, now);
         }
         targets.congested = std::mem::take(&mut self.congested);
         targets
     }
 
+    /// Who has subscriptions matching `topic`: this shard (ordinary ones, and the shared
+    /// groups whose turn is here) and the other shards.
+    fn interested(&mut self, topic: &str) -> (LocalTargets, RemoteTargets) {
+        let mut local = LocalTargets::default();
+        let mut targets = RemoteTargets::default();
+        let own_id = self.id;
+        self.interest.for_each_match(topic, |m| match m {
+            Match::Normal { key, .. } => {
+                if *key == own_id {
+                    local.normal = true;
+                } else if !targets.shards.contains(key) {
+                    targets.shards.push(*key);
+                }
+            }
+            Match::Shared { group, key, .. } => {
+                if *key == own_id {
+                    local.shared_groups.push(group.to_string());
+                } else {
+                    targets.shared.push((*key, group.to_string()));
+                }
+            }
+        });
+        (local, targets)
+    }
+
     /// Delivers to this shard's ordinary subscribers: one copy per session with the
     /// highest QoS of its matching subscriptions and all their identifiers [MQTT-3.3.4-2],
     /// [MQTT-3.3.4-3].
     pub fn deliver_local(&mut self, message: &Rc<Message>, now: Instant) {
+        let mut merged = self.local_subscribers(message);
+        for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
+            self.deliver_to(session_id, message, qos, retain, subscription_ids, now);
+        }
+        self.scratch = merged;
+    }
+
+    /// This shard's sessions with ordinary subscriptions matching `message`, each with the
+    /// QoS, retain flag and subscription identifiers of its copy (in `self.scratch`, taken:
+    /// give it back when done).
+    fn local_subscribers(
+        &mut self,
+        message: &Message,
+    ) -> HashMap<SessionId, (QoS, bool, Vec<u32>)> {
         let mut merged = std::mem::take(&mut self.scratch);
         let publisher = &message.publisher;
         let ids = &self.session_client_ids;
@@ -500,14 +536,27 @@ impl Shard {
                 slot.2.push(id);
             }
         });
-        for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            self.deliver_to(session_id, message, qos, retain, subscription_ids, now);
-        }
-        self.scratch = merged;
+        merged
     }
 
     /// Delivers to the member of shared group `group` whose turn it is on this shard.
     pub fn deliver_shared(&mut self, message: &Rc<Message>, group: &str, now: Instant) {
+        if let Some((session_id, entry)) = self.shared_member(message, group) {
+            let qos = entry.options.qos.min(message.qos);
+            let ids = entry.subscription_id.into_iter().collect();
+            // Shared deliveries never carry the retain flag of a retained publish
+            // unless Retain As Published is set.
+            let retain = entry.options.retain_as_published && message.retain;
+            self.deliver_to(session_id, message, qos, retain, ids, now);
+        }
+    }
+
+    /// The member of shared group `group` on this shard that gets `message`.
+    fn shared_member(
+        &mut self,
+        message: &Message,
+        group: &str,
+    ) -> Option<(SessionId, SubscriptionEntry)> {
         let mut chosen = None;
         self.shared_subscriptions
             .for_each_match(&message.topic, |m| {
@@ -522,14 +571,7 @@ impl Shard {
                     }
                 }
             });
-        if let Some((session_id, entry)) = chosen {
-            let qos = entry.options.qos.min(message.qos);
-            let ids = entry.subscription_id.into_iter().collect();
-            // Shared deliveries never carry the retain flag of a retained publish
-            // unless Retain As Published is set.
-            let retain = entry.options.retain_as_published && message.retain;
-            self.deliver_to(session_id, message, qos, retain, ids, now);
-        }
+        chosen
     }
 
     fn deliver_to(

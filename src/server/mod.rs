@@ -20,16 +20,17 @@ use tracing::{error, info};
 use crate::auth::AuthStore;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::settings::ClusterSettings;
+use crate::bridge::source::{self, SourceInbox, SourceThread};
 use crate::bridge::{self, Bridge, BridgeParts, ShardProducers};
 use crate::broker::context::{ShardContext, ShardRef};
 use crate::broker::shard::Shard;
 use crate::broker::shard_message::ShardMessage;
-use crate::broker::{accept_loop, acknowledge_deferred, inbox};
+use crate::broker::{accept_loop, acknowledge_deferred, inbox, ingress};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::stats::{ShardStats, StatsSnapshot};
-use crate::metrics::{self, Board};
+use crate::metrics::{self, Board, SourceMetrics};
 use crate::protocol::ReasonCode;
-use crate::runtime::{self, ShardEnv};
+use crate::runtime::{self, ShardEnv, WakeEnd};
 
 use startup::Listener;
 
@@ -76,7 +77,20 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
     let kafka = bridge::start_producers(&config, &settings, cpus.len())?;
-    let board = Arc::new(telemetry::metrics_board(&config, &settings, cpus.len())?);
+    let source_metrics: Vec<Arc<SourceMetrics>> = config
+        .kafka
+        .sources
+        .iter()
+        .map(|source| {
+            let cluster = config.kafka.source_cluster(source).unwrap_or_default();
+            Arc::new(SourceMetrics::new(&source.name, cluster))
+        })
+        .collect();
+    let board = Arc::new(
+        telemetry::metrics_board(&config, &settings, cpus.len())?
+            .with_sources(source_metrics.clone()),
+    );
+    let source_ends = SourceEnds::new(&config, cpus.len())?;
     let metrics_addr = match config.broker.metrics_bind {
         Some(addr) => Some(metrics::serve(addr, board.clone()).map_err(|e| {
             io::Error::new(
@@ -105,6 +119,12 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         auth,
     });
     let connections_open = Arc::new(AtomicUsize::new(0));
+    // The consumers start once everything else is checked: a source's error is then the
+    // only line. Records they read before the shards serve wait in the bounded inboxes.
+    let sources = source::start_sources(&config, &source_ends.inboxes, &source_metrics)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let sources_stopped = stop_sources_on_shutdown(sources, shutting_down.clone());
+    let source_ends = Arc::new(source_ends);
     let result = runtime::run_shards(
         &cpus,
         config.broker.inter_shard_channel_capacity,
@@ -117,6 +137,7 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
                 .find_map(Option::take)
                 .expect("one producer set per shard");
             let shared = SharedParts {
+                source_inbox: source_ends.take(env.shard_id),
                 config: shard_config.clone(),
                 board: board.clone(),
                 listeners: listeners.clone(),
@@ -126,6 +147,7 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
             shard_main(env, shared, producers)
         },
     );
+    let _ = sources_stopped.join();
     result?;
     info!("stopped");
     Ok(())
@@ -158,8 +180,68 @@ struct ShardConfig {
     auth: Arc<AuthStore>,
 }
 
+/// Each shard's inbox of records from the Kafka sources, with the end it listens on.
+struct SourceEnds {
+    inboxes: Arc<Vec<Arc<SourceInbox>>>,
+    /// Taken by each shard when it starts.
+    ends: Mutex<Vec<Option<WakeEnd>>>,
+}
+
+impl SourceEnds {
+    /// Inboxes for `shard_count` shards; none when no source is configured.
+    fn new(config: &Config, shard_count: usize) -> io::Result<SourceEnds> {
+        let mut inboxes = Vec::new();
+        let mut ends = Vec::new();
+        if !config.kafka.sources.is_empty() {
+            for _ in 0..shard_count {
+                let (inbox, end) = SourceInbox::new()?;
+                inboxes.push(Arc::new(inbox));
+                ends.push(Some(end));
+            }
+        }
+        Ok(SourceEnds {
+            inboxes: Arc::new(inboxes),
+            ends: Mutex::new(ends),
+        })
+    }
+
+    fn take(&self, shard: usize) -> Option<(Arc<SourceInbox>, WakeEnd)> {
+        let end = self
+            .ends
+            .lock()
+            .expect("source ends")
+            .get_mut(shard)?
+            .take()?;
+        Some((self.inboxes[shard].clone(), end))
+    }
+}
+
+/// Stops the sources (last commits, leaving their groups) as soon as a stop is asked for,
+/// while the shards still serve: what the consumers handed over is settled first.
+fn stop_sources_on_shutdown(
+    sources: Vec<SourceThread>,
+    shutting_down: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("sources-stop".into())
+        .spawn(move || {
+            if sources.is_empty() {
+                return;
+            }
+            while !shutting_down.load(Ordering::Relaxed) {
+                std::thread::sleep(SHUTDOWN_POLL);
+            }
+            for source in sources {
+                source.stop();
+            }
+        })
+        .expect("a thread to stop the sources")
+}
+
 /// What the shards share with each other and with the process.
 struct SharedParts {
+    /// This shard's inbox of Kafka source records, when there are sources.
+    source_inbox: Option<(Arc<SourceInbox>, WakeEnd)>,
     config: Arc<ShardConfig>,
     board: Arc<Board>,
     listeners: Vec<Listener>,
@@ -246,6 +328,9 @@ async fn shard_main(
     }
     for (_, receiver) in receivers {
         runtime::spawn(inbox::serve_inbox(shard.clone(), receiver));
+    }
+    if let Some((source_inbox, wake)) = shared.source_inbox {
+        runtime::spawn(ingress::serve_sources(shard.clone(), source_inbox, wake));
     }
     if config.sys_interval_secs > 0 {
         runtime::spawn(telemetry::sys_loop(shard.clone()));
