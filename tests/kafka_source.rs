@@ -121,7 +121,7 @@ fn records_reach_mqtt_subscribers_exactly() {
     let broker =
         Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics}")]);
     let mut rumqttc = subscriber5(broker.port, "source-exact-5", "devices/+/commands", 2, 0);
-    let mut mosquitto = Command::new("mosquitto_sub")
+    let mosquitto = Command::new("mosquitto_sub")
         .args([
             "-V",
             "mqttv311",
@@ -264,6 +264,25 @@ fn records_reach_mqtt_subscribers_exactly() {
         assert!(Instant::now() < deadline, "offsets not committed");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The lag comes with librdkafka's statistics, every second.
+    let deadline = Instant::now() + ARRIVE;
+    let body = loop {
+        let body = http_get(metrics, "/metrics");
+        if source_metric(&body, "lag", "partition=\"0\"") == Some(0) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lag of 0 for partition 0:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        source_metric(&body, "commit_latency_seconds_count", "").unwrap_or(0) > 0,
+        "{body}"
+    );
+    // Readiness covers the sources' cluster.
+    assert_eq!(http_get(metrics, "/readyz").trim(), "ready");
     assert_eq!(broker.stop().code(), Some(0));
 }
 
@@ -315,4 +334,273 @@ fn an_offline_persistent_session_gets_its_commands_on_reconnect() {
     device.no_publish(Duration::from_millis(300));
     let _ = HashMap::<(), ()>::new();
     assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// The payloads a subscriber received, in order, until `count` distinct ones arrived (or
+/// `ARRIVE` passed).
+fn receive_distinct(client: &mut v5::Mqtt, count: usize, got: &mut Vec<String>, metrics: u16) {
+    let deadline = Instant::now() + ARRIVE;
+    let mut distinct: std::collections::HashSet<String> = got.iter().cloned().collect();
+    while distinct.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(publish) = client.try_publish(left) else {
+            let body = http_get(metrics, "/metrics");
+            let source: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("ferrymq_kafka_source") || l.starts_with("ferrymq_dropped")
+                })
+                .collect();
+            panic!(
+                "{} of {count} distinct records within {ARRIVE:?}; the source:\n{}",
+                distinct.len(),
+                source.join("\n")
+            );
+        };
+        let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+        distinct.insert(payload.clone());
+        got.push(payload);
+    }
+}
+
+/// A session whose queue is full makes the broker refuse the records it should take: the
+/// partition is paused and sent back to the first refused one, nothing is committed past
+/// it, and once the device drains its queue it gets every record, in order, once.
+#[test]
+fn a_full_session_pauses_its_partition_and_nothing_is_dropped_at_qos_1() {
+    let topic = kafka::unique("source-full");
+    kafka::create_topic(&kafka::bootstrap(), &topic, 1);
+    let metrics = free_port();
+    let config = format!(
+        "[broker]\nsession_queue_messages_max = 20\n\n{}",
+        source_config(&topic, "devices/{key}/commands", "qos = 1")
+    );
+    let broker =
+        Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let device = subscriber5(broker.port, "full-dev", "devices/full-dev/commands", 1, 300);
+    device.disconnect();
+    wait_assigned(metrics, 1);
+    let records: Vec<Outgoing> = (0..200)
+        .map(|n| record("full-dev", &format!("command {n:03}"), &[]))
+        .collect();
+    kafka::produce(&kafka::bootstrap(), &topic, &records);
+    // The queue holds 20: the 21st is refused, and the partition waits paused.
+    let deadline = Instant::now() + ARRIVE;
+    loop {
+        let body = http_get(metrics, "/metrics");
+        let paused = source_metric(&body, "paused_partitions", "");
+        let refused = source_metric(&body, "redelivered_total", "").unwrap_or(0);
+        if paused == Some(1) && refused > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partition never paused:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group = format!("ferrymq-source-{topic}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        kafka::committed(&kafka::bootstrap(), &group, &topic).get(&0),
+        Some(&20),
+        "committed past what the session could take"
+    );
+    let mut options = options5(broker.port, "full-dev");
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(300));
+    let mut device = connect5_with(options);
+    let mut got = Vec::new();
+    receive_distinct(&mut device, 200, &mut got, metrics);
+    let expected: Vec<String> = (0..200).map(|n| format!("command {n:03}")).collect();
+    assert_eq!(got, expected, "every record, in order, once");
+    device.no_publish(Duration::from_millis(300));
+    let deadline = Instant::now() + ARRIVE;
+    while kafka::committed(&kafka::bootstrap(), &group, &topic).get(&0) != Some(&200) {
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed after delivery"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// kill -9 of the broker while records stream to a connected QoS 1 subscriber: after a
+/// restart every record reaches the subscriber at least once, and the duplicates are at
+/// most the records that were not committed when the broker died.
+#[test]
+fn kill9_mid_stream_then_restart_loses_no_record() {
+    const RECORDS: usize = 3000;
+    let topic = kafka::unique("source-kill9");
+    kafka::create_topic(&kafka::bootstrap(), &topic, 2);
+    // The restarted broker joins the group 2 s after it starts, once its subscriber is
+    // back (records it read before would match no one: unrouted). A dead member holds its
+    // partitions until its session times out: 6 s, Kafka's least.
+    let config = source_config(
+        &topic,
+        "devices/{key}/commands",
+        "qos = 1\nstart_delay_ms = 2000\nconfig = { \"session.timeout.ms\" = \"6000\" }",
+    );
+    let metrics = free_port();
+    let broker =
+        Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let mut device = subscriber5(broker.port, "kill9-sub", "devices/+/commands", 1, 0);
+    wait_assigned(metrics, 2);
+    let records: Vec<Outgoing> = (0..RECORDS)
+        .map(|n| record(&format!("dev-{}", n % 8), &format!("record {n:05}"), &[]))
+        .collect();
+    kafka::produce(&kafka::bootstrap(), &topic, &records);
+    let mut got = Vec::new();
+    receive_distinct(&mut device, RECORDS / 3, &mut got, metrics);
+    broker.kill9();
+    // What the client took (and acknowledged) before the kill, the test included.
+    device.drain(Duration::from_secs(1));
+    let mut got: Vec<String> = device.received.iter().map(|(_, p)| p.clone()).collect();
+    let group = format!("ferrymq-source-{topic}");
+    let committed: i64 = kafka::committed(&kafka::bootstrap(), &group, &topic)
+        .values()
+        .sum();
+    let before = got.len();
+    device.disconnect_quietly();
+    eprintln!("kill -9 after {before} records received; {committed} committed");
+
+    let metrics = free_port();
+    let broker =
+        Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    // Subscribed before the source starts (start_delay_ms), so nothing read again goes
+    // unrouted.
+    let mut device = subscriber5(broker.port, "kill9-sub", "devices/+/commands", 1, 0);
+    receive_distinct(&mut device, RECORDS, &mut got, metrics);
+    device.drain(Duration::from_millis(500));
+    got.extend(
+        device
+            .received
+            .iter()
+            .skip(got.len() - before)
+            .map(|(_, p)| p.clone()),
+    );
+    let distinct: std::collections::HashSet<&String> = got.iter().collect();
+    let duplicates = got.len() - distinct.len();
+    eprintln!(
+        "after restart: {} received, {} distinct, {duplicates} duplicates, {} not committed at the kill",
+        got.len(),
+        distinct.len(),
+        RECORDS as i64 - committed
+    );
+    assert_eq!(distinct.len(), RECORDS, "records lost");
+    assert!(
+        duplicates as i64 <= RECORDS as i64 - committed,
+        "{duplicates} duplicates, more than the {} uncommitted records",
+        RECORDS as i64 - committed
+    );
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// Two brokers with the same source share its consumer group: each gets some of the
+/// partitions and delivers their records to its own subscribers, every record to exactly
+/// one; when one stops, the other takes all the partitions.
+#[test]
+fn two_brokers_in_one_group_split_the_partitions() {
+    let topic = kafka::unique("source-group");
+    kafka::create_topic(&kafka::bootstrap(), &topic, 4);
+    let config = source_config(&topic, "devices/{key}/commands", "qos = 1");
+    let (metrics_a, metrics_b) = (free_port(), free_port());
+    let a = Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics_a}")]);
+    let b = Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics_b}")]);
+    let mut on_a = subscriber5(a.port, "group-sub-a", "devices/+/commands", 1, 0);
+    let mut on_b = subscriber5(b.port, "group-sub-b", "devices/+/commands", 1, 0);
+    let assigned = |port: u16| {
+        source_metric(&http_get(port, "/metrics"), "assigned_partitions", "").unwrap_or(0)
+    };
+    let deadline = Instant::now() + ARRIVE;
+    while !(assigned(metrics_a) >= 1
+        && assigned(metrics_b) >= 1
+        && assigned(metrics_a) + assigned(metrics_b) == 4)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "partitions not split between the two brokers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let records: Vec<Outgoing> = (0..400)
+        .map(|n| record(&format!("dev-{}", n % 40), &format!("first {n:03}"), &[]))
+        .collect();
+    kafka::produce(&kafka::bootstrap(), &topic, &records);
+    let deadline = Instant::now() + ARRIVE;
+    while on_a.received.len() + on_b.received.len() < 400 {
+        assert!(Instant::now() < deadline, "records missing");
+        on_a.drain(Duration::from_millis(50));
+        on_b.drain(Duration::from_millis(50));
+    }
+    on_a.drain(Duration::from_millis(300));
+    on_b.drain(Duration::from_millis(300));
+    let from_a: std::collections::HashSet<String> =
+        on_a.received.iter().map(|(_, p)| p.clone()).collect();
+    let from_b: std::collections::HashSet<String> =
+        on_b.received.iter().map(|(_, p)| p.clone()).collect();
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "one broker delivered nothing"
+    );
+    assert!(
+        from_a.is_disjoint(&from_b),
+        "a record reached both brokers' subscribers"
+    );
+    assert_eq!(from_a.len() + from_b.len(), 400);
+    assert_eq!(on_a.received.len() + on_b.received.len(), 400, "duplicates");
+
+    // B leaves the group: A takes its partitions.
+    assert_eq!(b.stop().code(), Some(0));
+    let deadline = Instant::now() + ARRIVE;
+    while assigned(metrics_a) != 4 {
+        assert!(Instant::now() < deadline, "A did not take B's partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What A received so far was counted above.
+    while on_a.try_publish(Duration::ZERO).is_some() {}
+    let records: Vec<Outgoing> = (0..200)
+        .map(|n| record(&format!("dev-{}", n % 40), &format!("second {n:03}"), &[]))
+        .collect();
+    kafka::produce(&kafka::bootstrap(), &topic, &records);
+    let mut got = Vec::new();
+    receive_distinct(&mut on_a, 200, &mut got, metrics_a);
+    assert!(got.iter().all(|p| p.starts_with("second ")));
+    assert_eq!(a.stop().code(), Some(0));
+}
+
+/// A bad `[[kafka.source]]` stops the start with one line naming the key, exit status 2.
+#[test]
+fn bad_source_settings_exit_2_with_one_line_naming_the_key() {
+    let cluster = "[kafka.clusters.main]\nbootstrap = \"127.0.0.1:9\"\n";
+    let cases = [
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"devices/{key\"", "kafka.source[0].mqtt"),
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"devices/+/x\"", "kafka.source[0].mqtt"),
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d/{nope}\"", "kafka.source[0].mqtt"),
+        ("name = \"a\"\ntopics = []\nmqtt = \"d\"", "kafka.source[0].topics"),
+        ("name = \"a\"\ntopics = [\"bad topic\"]\nmqtt = \"d\"", "kafka.source[0].topics"),
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"\nqos = 3", "qos"),
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"\ncluster = \"other\"", "kafka.source[0].cluster"),
+        ("name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"\nstart = \"middle\"", "start"),
+        (
+            "name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"\nconfig = { \"group.id\" = \"x\" }",
+            "kafka.source[0].config.\"group.id\"",
+        ),
+        (
+            "name = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"\n\n[[kafka.source]]\nname = \"a\"\ntopics = [\"t\"]\nmqtt = \"d\"",
+            "kafka.source[1].name",
+        ),
+    ];
+    for (source, key) in cases {
+        let file = kafka::write_config(&format!(
+            "[[listener]]\nbind = \"127.0.0.1:{}\"\n{cluster}\n[[kafka.source]]\n{source}\n",
+            free_port()
+        ));
+        let output = Command::new(env!("CARGO_BIN_EXE_ferrymq"))
+            .args(["--config", file.path_str()])
+            .output()
+            .expect("run ferrymq");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{source}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{source}: {stderr}");
+        assert!(stderr.contains(key), "{source}: expected {key} in {stderr}");
+    }
 }

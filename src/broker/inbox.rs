@@ -85,11 +85,10 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
             group,
             receipt,
         } => {
-            let position = receipt.position();
             let delivered = shard.state.borrow_mut().deliver_from_source(
                 &Rc::new(message),
                 group.as_deref(),
-                position,
+                &receipt,
                 now,
             );
             // Refused: the receipt is dropped unfinished, and the source goes back.

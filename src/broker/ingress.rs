@@ -59,11 +59,10 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
         publisher: MqttStr::default(),
         expires_at,
     });
-    let position = receipt.position();
     let routing = shard
         .state
         .borrow_mut()
-        .route_from_source(&message, position, now);
+        .route_from_source(&message, &receipt, now);
     let (local, targets) = match routing {
         // Dropped unfinished: the source goes back to this record.
         SourceRouting::Refused => return,

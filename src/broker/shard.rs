@@ -14,7 +14,7 @@ use crate::runtime::ShardId;
 
 use super::connection::Connection;
 use super::message::Message;
-use super::session::{Delivery, DeliveryOutcome, Session, SessionId, SubscriptionEntry};
+use super::session::{Delivery, DeliveryOutcome, Session, SessionId, SourceAck, SubscriptionEntry};
 use crate::metrics::stats::ShardStats;
 use crate::topic::RetainedStore;
 use crate::topic::{Match, SubscriptionTree};
@@ -295,6 +295,7 @@ impl Shard {
             return closed;
         }
         session.connection = None;
+        session.settle_sources();
         session.disconnected_at = Some(now);
         ShardStats::decr(&self.stats.clients_connected);
         let will = session.will.take();
@@ -504,7 +505,17 @@ impl Shard {
     pub fn deliver_local(&mut self, message: &Rc<Message>, now: Instant) {
         let mut merged = self.local_subscribers(message);
         for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            self.deliver_to(session_id, message, qos, retain, subscription_ids, now);
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids,
+                    source: SourceAck::default(),
+                },
+                now,
+            );
         }
         self.scratch = merged;
     }
@@ -547,7 +558,17 @@ impl Shard {
             // Shared deliveries never carry the retain flag of a retained publish
             // unless Retain As Published is set.
             let retain = entry.options.retain_as_published && message.retain;
-            self.deliver_to(session_id, message, qos, retain, ids, now);
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                    source: SourceAck::default(),
+                },
+                now,
+            );
         }
     }
 
@@ -574,19 +595,15 @@ impl Shard {
         chosen
     }
 
-    fn deliver_to(
-        &mut self,
-        session_id: SessionId,
-        message: &Rc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: Vec<u32>,
-        now: Instant,
-    ) {
+    /// Hands `delivery` to a session of this shard, if its client may read the topic.
+    /// What goes nowhere by rule settles its Kafka source share (see [`SourceAck`]).
+    fn deliver_to(&mut self, session_id: SessionId, delivery: Delivery, now: Instant) {
         let Some(client_id) = self.session_client_ids.get(&session_id) else {
+            delivery.source.settle();
             return;
         };
         let Some(session) = self.sessions.get_mut(client_id) else {
+            delivery.source.settle();
             return;
         };
         // Read access, per message: a subscription may be wider than what its subscriber
@@ -597,17 +614,13 @@ impl Shard {
             && !session
                 .acl
                 .as_mut()
-                .is_some_and(|acl| acl.check(snapshot, &message.topic, Access::Read))
+                .is_some_and(|acl| acl.check(snapshot, &delivery.message.topic, Access::Read))
         {
             ShardStats::incr(&self.stats.dropped_not_authorized);
+            delivery.source.settle();
             return;
         }
-        let delivery = Delivery {
-            message: message.clone(),
-            qos,
-            retain,
-            subscription_ids,
-        };
+        let qos = delivery.qos;
         let outcome = session.deliver(
             delivery,
             self.config.session_queue_messages_max,
@@ -672,7 +685,17 @@ impl Shard {
             let qos = entry.options.qos.min(message.qos);
             let ids = entry.subscription_id.into_iter().collect();
             // Sent because of a new subscription: RETAIN is set [MQTT-3.3.1-8].
-            self.deliver_to(session_id, &message, qos, true, ids, now);
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain: true,
+                    subscription_ids: ids,
+                    source: SourceAck::default(),
+                },
+                now,
+            );
         }
     }
 

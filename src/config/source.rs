@@ -36,6 +36,9 @@ pub const SOURCE_NAME_LEN_MAX: usize = 128;
 /// partition is paused. The bound on what a source holds in memory per partition.
 pub const SOURCE_IN_FLIGHT_MAX: usize = 100_000;
 
+/// Longest `start_delay_ms`: an hour.
+pub const SOURCE_START_DELAY_MS_MAX: u64 = 3_600_000;
+
 /// One source of Kafka records for MQTT subscribers; TOML `[[kafka.source]]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(
@@ -95,6 +98,12 @@ pub struct SourceConfig {
     /// partition is paused.
     #[serde(default = "in_flight_max_default")]
     pub in_flight_max: usize,
+    /// Milliseconds between the broker's start and the source joining its group. After a
+    /// restart, sessions are gone until their devices reconnect and subscribe again; the
+    /// records read before that match no subscriber and are committed as unrouted. A
+    /// delay as long as the fleet takes to reconnect gives them time.
+    #[serde(default)]
+    pub start_delay_ms: u64,
     /// librdkafka consumer properties, passed as written after the cluster's `config`.
     #[serde(default, deserialize_with = "deserialize_properties")]
     pub config: BTreeMap<String, String>,
@@ -240,6 +249,12 @@ impl KafkaConfig {
             if source.user_properties[..i].contains(name) {
                 return Err(format!("user_properties: {name:?} is listed twice"));
             }
+        }
+        if source.start_delay_ms > SOURCE_START_DELAY_MS_MAX {
+            return Err(format!(
+                "start_delay_ms: {} is more than {SOURCE_START_DELAY_MS_MAX} (an hour)",
+                source.start_delay_ms
+            ));
         }
         if !(1..=SOURCE_IN_FLIGHT_MAX).contains(&source.in_flight_max) {
             return Err(format!(

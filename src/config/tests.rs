@@ -362,8 +362,8 @@ fn unknown_keys_are_rejected() {
     let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
     assert_eq!(
         error,
-        "test.toml:2:1: kafka.cluster: unknown key `cluster`, expected `clusters` or \
-         `mapping`"
+        "test.toml:2:1: kafka.cluster: unknown key `cluster`, expected one of `clusters`, \
+         `mapping`, `source`"
     );
     let error = parse("[batching]\nring_capacity = 1\n")
         .unwrap_err()

@@ -111,7 +111,7 @@ impl SourceMetrics {
     pub fn note_error(&self, error: &str) {
         let count = self.errors.fetch_add(1, Ordering::Relaxed);
         // The first, then one in a thousand: a Kafka outage repeats the same error.
-        if count.is_multiple_of(1000) {
+        if count % 1000 == 0 {
             tracing::warn!(source = %self.name, "kafka source {}: {error}", self.name);
         }
     }

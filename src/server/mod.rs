@@ -38,6 +38,9 @@ use startup::Listener;
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// Time given to connections to flush their DISCONNECT before the shards exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(300);
+/// How long a stopping broker waits for its Kafka sources' last commits before it closes
+/// its connections.
+const SOURCES_STOP_WAIT: Duration = Duration::from_secs(10);
 /// How long a stopping broker waits for Kafka to take what its producers hold.
 const PRODUCER_STOP_FLUSH: Duration = Duration::from_secs(5);
 
@@ -123,7 +126,9 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
     // only line. Records they read before the shards serve wait in the bounded inboxes.
     let sources = source::start_sources(&config, &source_ends.inboxes, &source_metrics)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let sources_stopped = stop_sources_on_shutdown(sources, shutting_down.clone());
+    let sources_done = Arc::new(AtomicBool::new(false));
+    let sources_stopped =
+        stop_sources_on_shutdown(sources, shutting_down.clone(), sources_done.clone());
     let source_ends = Arc::new(source_ends);
     let result = runtime::run_shards(
         &cpus,
@@ -138,6 +143,7 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
                 .expect("one producer set per shard");
             let shared = SharedParts {
                 source_inbox: source_ends.take(env.shard_id),
+                sources_done: sources_done.clone(),
                 config: shard_config.clone(),
                 board: board.clone(),
                 listeners: listeners.clone(),
@@ -221,19 +227,20 @@ impl SourceEnds {
 fn stop_sources_on_shutdown(
     sources: Vec<SourceThread>,
     shutting_down: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("sources-stop".into())
         .spawn(move || {
-            if sources.is_empty() {
-                return;
+            if !sources.is_empty() {
+                while !shutting_down.load(Ordering::Relaxed) {
+                    std::thread::sleep(SHUTDOWN_POLL);
+                }
+                for source in sources {
+                    source.stop();
+                }
             }
-            while !shutting_down.load(Ordering::Relaxed) {
-                std::thread::sleep(SHUTDOWN_POLL);
-            }
-            for source in sources {
-                source.stop();
-            }
+            done.store(true, Ordering::Release);
         })
         .expect("a thread to stop the sources")
 }
@@ -242,6 +249,9 @@ fn stop_sources_on_shutdown(
 struct SharedParts {
     /// This shard's inbox of Kafka source records, when there are sources.
     source_inbox: Option<(Arc<SourceInbox>, WakeEnd)>,
+    /// Set once the sources made their last commit: connections are closed after that,
+    /// so that what a closing session settles is not committed undelivered.
+    sources_done: Arc<AtomicBool>,
     config: Arc<ShardConfig>,
     board: Arc<Board>,
     listeners: Vec<Listener>,
@@ -336,6 +346,10 @@ async fn shard_main(
         runtime::spawn(telemetry::sys_loop(shard.clone()));
     }
     while !shared.shutting_down.load(Ordering::Relaxed) {
+        runtime::sleep(SHUTDOWN_POLL).await;
+    }
+    let sources_wait = Instant::now() + SOURCES_STOP_WAIT;
+    while !shared.sources_done.load(Ordering::Acquire) && Instant::now() < sources_wait {
         runtime::sleep(SHUTDOWN_POLL).await;
     }
     // [MQTT-3.14.0-?]: tell 5.0 clients why they are dropped.

@@ -298,6 +298,20 @@ fn wait_accepting(child: &mut Child, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() >= deadline {
+            if std::env::var_os("FERRYMQ_TEST_HANG_DUMP").is_some() {
+                let dump = Command::new("gdb")
+                    .args([
+                        "-p",
+                        &child.id().to_string(),
+                        "-batch",
+                        "-ex",
+                        "thread apply all bt 12",
+                    ])
+                    .output();
+                if let Ok(dump) = dump {
+                    std::fs::write(format!("/tmp/hang-{}.txt", child.id()), dump.stdout).ok();
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             panic!("ferrymq is not accepting on {port} 10 s after it said it was listening");

@@ -3,7 +3,6 @@
 //! message, hands it to a shard through that shard's bounded inbox, and commits offsets as
 //! the outcomes come back ([`super::partitions`] says which).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -57,8 +55,6 @@ impl Drop for SourceThread {
 struct SourceContext {
     partitions: Mutex<Partitions>,
     metrics: Arc<SourceMetrics>,
-    /// When each commit in flight was sent (commits complete in order).
-    commits_sent: Mutex<VecDeque<Instant>>,
 }
 
 impl ClientContext for SourceContext {
@@ -96,10 +92,7 @@ impl ConsumerContext for SourceContext {
             }
             drop(partitions);
             if last.count() > 0 {
-                self.note_commit_sent();
-                if let Err(error) = consumer.commit(&last, CommitMode::Sync) {
-                    tracing::warn!(source = %self.metrics.name, "commit before a rebalance failed: {error}");
-                }
+                timed_commit(consumer, &last, &self.metrics);
             }
             self.metrics
                 .set_assigned(self.partitions.lock().expect("partitions").len());
@@ -120,30 +113,6 @@ impl ConsumerContext for SourceContext {
             );
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let sent = self.commits_sent.lock().expect("commits").pop_front();
-        match result {
-            Ok(()) => {
-                if let Some(sent) = sent {
-                    self.metrics.record_commit(sent.elapsed());
-                }
-            }
-            Err(error) => {
-                self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(source = %self.metrics.name, "offset commit failed: {error}");
-            }
-        }
-    }
-}
-
-impl SourceContext {
-    fn note_commit_sent(&self) {
-        self.commits_sent
-            .lock()
-            .expect("commits")
-            .push_back(Instant::now());
-    }
 }
 
 /// Starts the consumer of `source`; records go to `inboxes` (one per shard).
@@ -156,15 +125,13 @@ pub fn start(
     let context = SourceContext {
         partitions: Mutex::new(Partitions::new(source.index, source.in_flight_max)),
         metrics: metrics.clone(),
-        commits_sent: Mutex::new(VecDeque::new()),
     };
     let consumer: BaseConsumer<SourceContext> = client
         .create_with_context(context)
         .map_err(|e| format!("kafka.source[{}]: {e}", source.index))?;
-    let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| format!("kafka.source[{}].topics: {e}", source.index))?;
+    if source.start_delay.is_zero() {
+        subscribe(&consumer, &source)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let handle = std::thread::Builder::new()
         .name(format!("source-{}", source.name))
@@ -185,6 +152,19 @@ fn run(
     inboxes: Arc<Vec<Arc<SourceInbox>>>,
     stop: Arc<AtomicBool>,
 ) {
+    if !source.start_delay.is_zero() {
+        let start_at = Instant::now() + source.start_delay;
+        while Instant::now() < start_at {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(POLL_WAIT.max(Duration::from_millis(20)));
+        }
+        if let Err(error) = subscribe(&consumer, &source) {
+            tracing::error!(source = %source.name, "{error}");
+            return;
+        }
+    }
     let outcomes = Outcomes::default();
     let metrics = consumer.context().metrics.clone();
     let mut paused: std::collections::HashSet<(String, i32)> = Default::default();
@@ -195,7 +175,7 @@ fn run(
         settle(&consumer, &outcomes, &metrics);
         steer(&consumer, &mut paused, now, &metrics);
         if last_commit.elapsed() >= COMMIT_INTERVAL {
-            commit(&consumer, CommitMode::Async);
+            commit(&consumer);
             last_commit = now;
         }
         let Some(result) = consumer.poll(POLL_WAIT) else {
@@ -235,8 +215,18 @@ fn run(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    commit(&consumer, CommitMode::Sync);
+    commit(&consumer);
     consumer.unsubscribe();
+}
+
+fn subscribe(
+    consumer: &BaseConsumer<SourceContext>,
+    source: &CompiledSource,
+) -> Result<(), String> {
+    let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| format!("kafka.source[{}].topics: {e}", source.index))
 }
 
 /// One record read: skipped, settled at once (no MQTT topic), or handed to its shard.
@@ -368,7 +358,7 @@ fn steer(
 }
 
 /// Commits each partition's delivered offset that moved.
-fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
+fn commit(consumer: &BaseConsumer<SourceContext>) {
     let mut list = TopicPartitionList::new();
     {
         let mut partitions = consumer.context().partitions.lock().expect("partitions");
@@ -381,17 +371,33 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
     if list.count() == 0 {
         return;
     }
-    consumer.context().note_commit_sent();
-    if let Err(error) = consumer.commit(&list, mode) {
-        consumer
-            .context()
-            .commits_sent
-            .lock()
-            .expect("commits")
-            .pop_back();
-        consumer
-            .context()
-            .metrics
-            .note_error(&format!("commit: {error}"));
+    if !timed_commit(consumer, &list, &consumer.context().metrics) {
+        // Sent again next time, moved or not.
+        let mut partitions = consumer.context().partitions.lock().expect("partitions");
+        for p in partitions.iter_mut() {
+            p.commit_failed();
+        }
+    }
+}
+
+/// Commits `list` and waits for Kafka's answer, timed. Synchronous on purpose: a round
+/// trip every [`COMMIT_INTERVAL`] at most, while librdkafka keeps fetching meanwhile, and
+/// the answer (its latency, a failure) is known here rather than lost among events.
+fn timed_commit<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    list: &TopicPartitionList,
+    metrics: &SourceMetrics,
+) -> bool {
+    let started = Instant::now();
+    match consumer.commit(list, CommitMode::Sync) {
+        Ok(()) => {
+            metrics.record_commit(started.elapsed());
+            true
+        }
+        Err(error) => {
+            metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+            metrics.note_error(&format!("offset commit failed: {error}"));
+            false
+        }
     }
 }

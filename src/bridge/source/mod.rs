@@ -74,6 +74,9 @@ impl SourceInbox {
     }
 
     /// Queues `record` and wakes the shard; gives it back when the inbox is full.
+    // The record comes back by value so that the consumer can push it again; boxing it
+    // would cost an allocation per record for the rare full inbox.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, record: SourceRecord) -> Result<(), SourceRecord> {
         self.queue.push(record)?;
         self.wake.wake();

@@ -64,6 +64,11 @@ impl Partition {
         Some(position)
     }
 
+    /// The last commit failed: the next one sends the position again.
+    pub fn commit_failed(&mut self) {
+        self.committed = None;
+    }
+
     /// Whether reading must stop now: going back, waiting after going back, or at the bound.
     pub fn should_pause(&self, now: Instant) -> bool {
         self.rewind.is_some() || self.resume_at.is_some_and(|at| at > now) || self.full

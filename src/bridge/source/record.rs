@@ -33,6 +33,7 @@ pub struct CompiledSource {
     pub correlation_data_header: Option<String>,
     pub message_expiry_header: Option<String>,
     pub in_flight_max: usize,
+    pub start_delay: std::time::Duration,
 }
 
 impl CompiledSource {
@@ -53,6 +54,7 @@ impl CompiledSource {
             correlation_data_header: source.correlation_data_header.clone(),
             message_expiry_header: source.message_expiry_header.clone(),
             in_flight_max: source.in_flight_max,
+            start_delay: std::time::Duration::from_millis(source.start_delay_ms),
         })
     }
 

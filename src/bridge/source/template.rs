@@ -180,7 +180,7 @@ mod tests {
         let fields = RecordFields {
             topic: "device-commands",
             partition: 7,
-            key: key,
+            key,
             header: &header,
         };
         let mut out = String::new();

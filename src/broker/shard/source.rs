@@ -1,5 +1,6 @@
 //! Records from Kafka sources on a shard: delivered only when every QoS 1/2 session they
-//! go to has room, so that a record committed to Kafka is never one a full session dropped
+//! go to has room, each session's copy carrying a share of the record's receipt that it
+//! settles once the client acknowledged it (see `session::SourceAck`), so that a record committed to Kafka is never one a full session dropped
 //! (see `bridge::source`). A refused record holds back the later records of its partition
 //! on this shard until the source comes back to it, so a subscriber never gets a later
 //! record of a partition before an earlier one the first time round.
@@ -7,11 +8,12 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::bridge::source::Position;
+use crate::bridge::source::{Position, Receipt};
 use crate::protocol::QoS;
 
 use super::{RemoteTargets, Shard};
 use crate::broker::message::Message;
+use crate::broker::session::{Delivery, SourceAck};
 
 /// What the shard that takes a record from its source does with it.
 pub enum SourceRouting {
@@ -28,15 +30,16 @@ impl Shard {
     pub fn route_from_source(
         &mut self,
         message: &Rc<Message>,
-        position: Position,
+        receipt: &Receipt,
         now: Instant,
     ) -> SourceRouting {
+        let position = receipt.position();
         if self.source_blocked(position) {
             return SourceRouting::Refused;
         }
         let (local, targets) = self.interested(&message.topic);
         let groups: Vec<&str> = local.shared_groups.iter().map(String::as_str).collect();
-        match self.deliver_if_room(message, local.normal, &groups, position, now) {
+        match self.deliver_if_room(message, local.normal, &groups, receipt, now) {
             Some(delivered) => SourceRouting::Delivered {
                 local: delivered,
                 targets,
@@ -52,14 +55,14 @@ impl Shard {
         &mut self,
         message: &Rc<Message>,
         group: Option<&str>,
-        position: Position,
+        receipt: &Receipt,
         now: Instant,
     ) -> Option<bool> {
-        if self.source_blocked(position) {
+        if self.source_blocked(receipt.position()) {
             return None;
         }
         let groups: Vec<&str> = group.into_iter().collect();
-        self.deliver_if_room(message, group.is_none(), &groups, position, now)
+        self.deliver_if_room(message, group.is_none(), &groups, receipt, now)
     }
 
     fn deliver_if_room(
@@ -67,9 +70,10 @@ impl Shard {
         message: &Rc<Message>,
         normal: bool,
         groups: &[&str],
-        position: Position,
+        receipt: &Receipt,
         now: Instant,
     ) -> Option<bool> {
+        let position = receipt.position();
         let mut merged = if normal {
             self.local_subscribers(message)
         } else {
@@ -105,14 +109,36 @@ impl Shard {
         }
         let delivered = !merged.is_empty() || !shared.is_empty();
         for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            self.deliver_to(session_id, message, qos, retain, subscription_ids, now);
+            let source = SourceAck::new(receipt.share());
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids,
+                    source,
+                },
+                now,
+            );
         }
         self.scratch = merged;
         for (session_id, entry) in shared {
             let qos = entry.options.qos.min(message.qos);
             let ids = entry.subscription_id.into_iter().collect();
             let retain = entry.options.retain_as_published && message.retain;
-            self.deliver_to(session_id, message, qos, retain, ids, now);
+            let source = SourceAck::new(receipt.share());
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                    source,
+                },
+                now,
+            );
         }
         // Sources are held back by refusals, not by waiting on slow subscribers.
         self.congested.clear();
