@@ -604,3 +604,45 @@ fn bad_source_settings_exit_2_with_one_line_naming_the_key() {
         assert!(stderr.contains(key), "{source}: expected {key} in {stderr}");
     }
 }
+
+/// A record from a source that matches MQTT → Kafka mappings goes to Kafka only through
+/// those with `from_sources = true`: the mapping back to the source's own topic (a loop)
+/// does not take it, and the record is committed once the copy is in Kafka.
+#[test]
+fn records_from_kafka_go_back_to_kafka_only_through_from_sources_mappings() {
+    let topic = kafka::unique("source-loop");
+    let copy = format!("{topic}-copy");
+    kafka::create_topic(&kafka::bootstrap(), &topic, 1);
+    kafka::create_topic(&kafka::bootstrap(), &copy, 1);
+    let metrics = free_port();
+    let config = format!(
+        "{}\n[[kafka.mapping]]\nmqtt = \"loop/#\"\ntopic = \"{topic}\"\n\n\
+         [[kafka.mapping]]\nmqtt = \"loop/#\"\ntopic = \"{copy}\"\nfrom_sources = true\n",
+        source_config(&topic, "loop/{key}", "qos = 1")
+    );
+    let broker =
+        Broker::start_with_config(&config, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    wait_assigned(metrics, 1);
+    let records: Vec<Outgoing> = (0..20)
+        .map(|n| record("dev", &format!("loop {n}"), &[]))
+        .collect();
+    kafka::produce(&kafka::bootstrap(), &topic, &records);
+    let copied = kafka::read_topic(&kafka::bootstrap(), &copy, 20, ARRIVE);
+    let payloads: Vec<&str> = copied.iter().map(|r| r.payload_str()).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("loop {n}")).collect();
+    assert_eq!(payloads, expected);
+    let group = format!("ferrymq-source-{topic}");
+    let deadline = Instant::now() + ARRIVE;
+    while kafka::committed(&kafka::bootstrap(), &group, &topic).get(&0) != Some(&20) {
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed once copied"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Nothing came back to the source's topic: still its 20 records.
+    std::thread::sleep(Duration::from_secs(1));
+    let back = kafka::read_topic(&kafka::bootstrap(), &topic, 21, Duration::from_secs(3));
+    assert_eq!(back.len(), 20, "a record went round the loop");
+    assert_eq!(broker.stop().code(), Some(0));
+}

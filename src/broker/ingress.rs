@@ -6,8 +6,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bridge::source::{SourceInbox, SourceRecord};
-use crate::protocol::MqttStr;
+use crate::bridge::source::{Receipt, SourceInbox, SourceRecord};
+use crate::bridge::Publication;
+use crate::protocol::{MqttStr, QoS};
 use crate::runtime::{self, WakeEnd};
 
 use super::context::ShardRef;
@@ -93,5 +94,36 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
         };
         let _ = shard.senders.send(target, forwarded).await;
     }
+    to_kafka(shard, &message, &receipt, now).await;
     receipt.finish(local);
+}
+
+/// Through the mappings that take messages from sources (`from_sources`), if any: the
+/// record is committed once they have it, as a publisher's PUBACK would wait.
+async fn to_kafka(shard: &ShardRef, message: &Message, receipt: &Receipt, now: Instant) {
+    let bridge = &shard.bridge;
+    let admission = bridge.admit_from_source(&message.topic);
+    if !admission.to_kafka() {
+        return;
+    }
+    let qos = message.qos;
+    if qos != QoS::AtMostOnce {
+        // A full producer or spool holds this inbox (and so the consumers) back.
+        bridge.wait_for_room(&admission).await;
+    }
+    let publication = Publication {
+        topic: &message.topic,
+        publisher: &message.publisher,
+        username: None,
+        payload: &message.payload,
+        qos,
+        retain: message.retain,
+        properties: &message.properties,
+    };
+    if let Some(ticket) = bridge.submit(&admission, &publication, qos != QoS::AtMostOnce, now) {
+        shard
+            .source_tickets
+            .borrow_mut()
+            .insert(ticket, receipt.share());
+    }
 }

@@ -80,6 +80,10 @@ pub struct MappingConfig {
     /// the messages go to Kafka only.
     #[serde(default = "mqtt_subscribers_default")]
     pub mqtt_subscribers: bool,
+    /// Whether messages that came from a `[[kafka.source]]` go through this mapping too.
+    /// They never do otherwise: a record read from Kafka is not written back (no loops).
+    #[serde(default)]
+    pub from_sources: bool,
     /// What becomes of a record Kafka refuses for good (too large for the topic, an invalid
     /// topic, not authorized): see [`OnRefused`].
     #[serde(default)]

@@ -311,6 +311,7 @@ async fn shard_main(
         started_at: Instant::now(),
         bridge: bridge.clone(),
         deferred_acks: RefCell::new(HashMap::new()),
+        source_tickets: RefCell::new(HashMap::new()),
         congestion_eased: Default::default(),
         board: shared.board.clone(),
     });
