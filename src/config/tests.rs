@@ -678,6 +678,7 @@ fn kafka_and_batching_sections_parse() {
             ],
             ack: AckMode::Kafka,
             mqtt_subscribers: true,
+            from_sources: false,
             on_refused: OnRefused::ReasonCode,
             dead_letter_topic: None,
             dead_letter_cluster: None,
