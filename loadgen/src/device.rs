@@ -13,7 +13,7 @@ use ferrymq::protocol::{
 };
 
 use crate::report::{latency_histogram, record_latency, Latency, ShardCounters};
-use crate::scenario::{PayloadHeader, Scenario};
+use crate::scenario::{PayloadHeader, Scenario, PROBE_DEVICE};
 use crate::verify::SeqSet;
 
 /// Where a device is in its connection.
@@ -131,6 +131,24 @@ pub struct Observed {
     /// `--one-to-one`: messages a subscriber got that were not its own publisher's.
     pub sub_misrouted: u64,
     pub failures: [u64; Failure::ALL.len()],
+    /// `commands`: Kafka produce → receipt of the devices that go offline during the run
+    /// (`subscriber` holds the others'), first copies only.
+    pub subscriber_offline: Latency,
+    /// `commands`: commands of an earlier run (sent before this one started).
+    pub sub_stale: u64,
+    /// `commands`: PUBLISHes that came after a device's DISCONNECT, neither acknowledged
+    /// nor counted (the broker must send them again when the session resumes).
+    pub after_disconnect: u64,
+    /// `commands`: devices that went offline (by plan).
+    pub went_offline: u64,
+    /// `commands`: reconnects that found their session (CONNACK session present).
+    pub sessions_resumed: u64,
+    /// `commands`: reconnects whose session was gone (the device subscribes again).
+    pub sessions_lost: u64,
+    /// `commands`: first receipt of a command (µs since the epoch; u64::MAX: none yet).
+    pub first_delivery_us: u64,
+    /// `commands`: the last first receipt of a command (µs since the epoch; 0: none yet).
+    pub last_delivery_us: u64,
 }
 
 impl Observed {
@@ -147,6 +165,14 @@ impl Observed {
             sub_foreign: 0,
             sub_misrouted: 0,
             failures: [0; Failure::ALL.len()],
+            subscriber_offline: latency_histogram(),
+            sub_stale: 0,
+            after_disconnect: 0,
+            went_offline: 0,
+            sessions_resumed: 0,
+            sessions_lost: 0,
+            first_delivery_us: u64::MAX,
+            last_delivery_us: 0,
         }
     }
 
@@ -159,6 +185,12 @@ impl Observed {
     pub fn connected(&mut self, started_us: u64, now_us: u64) {
         record_latency(&mut self.connect, now_us.saturating_sub(started_us));
         self.last_connack_us = self.last_connack_us.max(now_us);
+    }
+
+    /// A device that went offline on purpose (`commands`) is back: its connect latency
+    /// counts, but its return does not stretch the connect phase.
+    pub fn reconnected(&mut self, started_us: u64, now_us: u64) {
+        record_latency(&mut self.connect, now_us.saturating_sub(started_us));
     }
 
     pub fn count(&mut self, failure: Failure) {
@@ -204,6 +236,9 @@ pub struct Device {
     pub leftover: Vec<u8>,
     /// Bytes the socket did not take yet.
     pub pending_tx: Vec<u8>,
+    /// A CONNACK was accepted before: a command receiver resumes its session (clean start
+    /// 0) instead of starting a fresh one.
+    pub reconnect: bool,
 }
 
 impl Device {
@@ -222,6 +257,7 @@ impl Device {
             last_tx_us: 0,
             leftover: Vec::new(),
             pending_tx: Vec::new(),
+            reconnect: false,
         }
     }
 
@@ -246,7 +282,13 @@ impl Device {
             self.client_id(scenario),
             scenario.keep_alive_secs,
         );
-        connect.clean_start = scenario.clean_start;
+        connect.clean_start = match scenario.commands {
+            // A command receiver's session lives on while it is away: a fresh one at its
+            // first connect (5.0; 3.1.1 has no expiry, so it never starts clean), then it
+            // resumes it.
+            Some(_) => scenario.protocol.is_v5() && !self.reconnect,
+            None => scenario.clean_start,
+        };
         connect.username = scenario.username.clone().map(Into::into);
         connect.password = scenario.password.clone().map(Into::into);
         if scenario.protocol.is_v5() {
@@ -347,9 +389,14 @@ impl Device {
         }
     }
 
-    /// Appends DISCONNECT.
-    pub fn disconnect(&mut self, scenario: &Scenario, tx: &mut BytesMut) {
-        Disconnect::new(ReasonCode::Success).encode(scenario.protocol, tx);
+    /// Appends DISCONNECT; with `end_session` a 5.0 session that would outlive the
+    /// connection ends with it (Session Expiry Interval 0), so that a run leaves none.
+    pub fn disconnect(&mut self, scenario: &Scenario, tx: &mut BytesMut, end_session: bool) {
+        let mut disconnect = Disconnect::new(ReasonCode::Success);
+        if end_session && scenario.session_expiry_secs.is_some_and(|secs| secs > 0) {
+            disconnect.properties.session_expiry_interval_secs = Some(0);
+        }
+        disconnect.encode(scenario.protocol, tx);
         self.phase = Phase::Disconnecting;
     }
 
@@ -394,6 +441,16 @@ impl Device {
             Packet::ConnAck(connack) if self.phase == Phase::AwaitConnAck => {
                 if connack.reason_code.is_error() {
                     return Err(Failure::ConnAckRefused);
+                }
+                let reconnect = std::mem::replace(&mut self.reconnect, true);
+                if scenario.commands.is_some() && reconnect {
+                    if connack.session_present {
+                        // Its subscription is in the session: the queued commands follow.
+                        observed.sessions_resumed += 1;
+                        self.phase = Phase::Running;
+                        return Ok(Event::Connected);
+                    }
+                    observed.sessions_lost += 1;
                 }
                 match self.subscriber_slot {
                     Some(_) => {
@@ -441,6 +498,12 @@ impl Device {
                 let Some(slot) = self.subscriber_slot else {
                     return Err(Failure::Unexpected);
                 };
+                if scenario.commands.is_some() && self.phase == Phase::Disconnecting {
+                    // Gone, as far as this device is concerned: not acknowledged, so the
+                    // broker owes it again when the session resumes.
+                    observed.after_disconnect += 1;
+                    return Ok(Event::None);
+                }
                 match publish.qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
@@ -452,7 +515,18 @@ impl Device {
                 }
                 ShardCounters::add(&counters.sub_received, 1);
                 let paired = scenario.paired_publisher(self.number);
-                match PayloadHeader::decode(&publish.payload) {
+                let header = PayloadHeader::decode(&publish.payload);
+                if let (Some(commands), Some(header)) = (&scenario.commands, header) {
+                    if header.device == PROBE_DEVICE {
+                        counters.probe_arrived(header.seq);
+                        return Ok(Event::None);
+                    }
+                    if header.sent_us < commands.since_us {
+                        observed.sub_stale += 1;
+                        return Ok(Event::None);
+                    }
+                }
+                match header {
                     Some(header)
                         if scenario.owns_device(header.device)
                             && paired.is_none_or(|p| p == header.device) =>
@@ -461,10 +535,22 @@ impl Device {
                             .entry(header.device)
                             .or_default();
                         if seen.record(header.seq) != crate::verify::Seen::Duplicate {
-                            record_latency(
-                                &mut observed.subscriber,
-                                now_us.saturating_sub(header.sent_us),
-                            );
+                            let latency = match &scenario.commands {
+                                Some(commands) => {
+                                    ShardCounters::add(&counters.commands_received, 1);
+                                    observed.first_delivery_us =
+                                        observed.first_delivery_us.min(now_us);
+                                    observed.last_delivery_us =
+                                        observed.last_delivery_us.max(now_us);
+                                    if commands.leaves_after_us(header.device).is_some() {
+                                        &mut observed.subscriber_offline
+                                    } else {
+                                        &mut observed.subscriber
+                                    }
+                                }
+                                None => &mut observed.subscriber,
+                            };
+                            record_latency(latency, now_us.saturating_sub(header.sent_us));
                         }
                     }
                     // One-to-one: nothing but the paired publisher's messages may come.
@@ -551,6 +637,7 @@ pub(crate) mod tests {
             broker_pids: Vec::new(),
             child: false,
             tls: None,
+            commands: None,
             exact_schedule: false,
         }
     }
@@ -760,6 +847,146 @@ pub(crate) mod tests {
         assert_eq!((set.received, set.duplicated), (1, 1));
         assert_eq!((seen.sub_misrouted, seen.sub_foreign), (2, 0));
         assert_eq!(seen.subscriber.len(), 1);
+    }
+
+    #[test]
+    fn a_command_receiver_keeps_its_session_and_tells_probes_and_stale_commands_apart() {
+        let sc = Scenario {
+            devices: 0,
+            subscribers: 2,
+            session_expiry_secs: Some(300),
+            commands: Some(crate::scenario::CommandDevices {
+                since_us: 1_000,
+                offline_fraction: 0.0,
+                offline: std::time::Duration::from_secs(1),
+                offline_drop: false,
+                offline_window: std::time::Duration::from_secs(1),
+            }),
+            ..scenario()
+        };
+        let counters = ShardCounters::default();
+        let mut seen = observed();
+        // Subscriber 1 is device id_start + 1 = 11, with its plain client id.
+        let mut device = Device::subscriber(1, 0);
+        let mut tx = BytesMut::new();
+        let connack =
+            |present| Packet::ConnAck(Box::new(ConnAck::new(present, ReasonCode::Success)));
+        device.connect(&sc, 0, &mut tx);
+        let packets = sent(&mut tx);
+        let Packet::Connect(connect) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(&*connect.client_id, "lg-11");
+        assert!(connect.clean_start, "a fresh session at the first connect");
+        assert_eq!(connect.properties.session_expiry_interval_secs, Some(300));
+        device
+            .handle(connack(false), &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        let packets = sent(&mut tx);
+        let Packet::Subscribe(subscribe) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(&*subscribe.filters[0].filter, "d/11/t");
+        let suback = Packet::SubAck(SubAck::new(1, vec![ReasonCode::GrantedQos1]));
+        device
+            .handle(suback, &sc, 0, &mut tx, &mut seen, &counters)
+            .unwrap();
+        let command = |device: u64, seq: u64, sent_us: u64| {
+            let header = PayloadHeader {
+                device,
+                seq,
+                sent_us,
+            };
+            let mut publish = Publish::new("d/11/t", QoS::AtLeastOnce, sc.payload(header));
+            publish.packet_id = 1;
+            Packet::Publish(publish)
+        };
+        // A probe of partition 3, a stale command, its own, another device's.
+        for (number, seq, sent_us) in [
+            (PROBE_DEVICE, 3, 2_000),
+            (11, 0, 500),
+            (11, 0, 2_000),
+            (10, 0, 2_000),
+        ] {
+            device
+                .handle(
+                    command(number, seq, sent_us),
+                    &sc,
+                    3_000,
+                    &mut tx,
+                    &mut seen,
+                    &counters,
+                )
+                .unwrap();
+        }
+        assert!(counters.probe_seen(3) && !counters.probe_seen(2));
+        assert_eq!((seen.sub_stale, seen.sub_misrouted), (1, 1));
+        assert_eq!(seen.sub_seen[0][&11].received, 1);
+        assert_eq!(seen.subscriber.len(), 1);
+        assert_eq!(
+            counters
+                .commands_received
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            (seen.first_delivery_us, seen.last_delivery_us),
+            (3_000, 3_000)
+        );
+        assert_eq!(sent(&mut tx).len(), 4, "every PUBLISH acknowledged");
+        // Going offline: what comes after the DISCONNECT is neither acknowledged nor counted.
+        device.disconnect(&sc, &mut tx, false);
+        let packets = sent(&mut tx);
+        let Packet::Disconnect(disconnect) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(disconnect.properties.session_expiry_interval_secs, None);
+        device
+            .handle(
+                command(11, 1, 2_000),
+                &sc,
+                3_000,
+                &mut tx,
+                &mut seen,
+                &counters,
+            )
+            .unwrap();
+        assert!(tx.is_empty());
+        assert_eq!(
+            (seen.after_disconnect, seen.sub_seen[0][&11].received),
+            (1, 1)
+        );
+        // Back: the session is resumed, no SUBSCRIBE.
+        device.abandon_inflight();
+        device.connect(&sc, 4_000, &mut tx);
+        let packets = sent(&mut tx);
+        let Packet::Connect(connect) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert!(!connect.clean_start, "resumes its session");
+        assert_eq!(
+            device.handle(connack(true), &sc, 4_000, &mut tx, &mut seen, &counters),
+            Ok(Event::Connected)
+        );
+        assert_eq!((device.phase, seen.sessions_resumed), (Phase::Running, 1));
+        assert!(tx.is_empty());
+        // A session gone: counted, and the device subscribes again.
+        device.abandon_inflight();
+        device.connect(&sc, 5_000, &mut tx);
+        tx.clear();
+        device
+            .handle(connack(false), &sc, 5_000, &mut tx, &mut seen, &counters)
+            .unwrap();
+        assert_eq!((device.phase, seen.sessions_lost), (Phase::AwaitSubAck, 1));
+        // Leaving at the end ends the session.
+        device.phase = Phase::Running;
+        tx.clear();
+        device.disconnect(&sc, &mut tx, true);
+        let packets = sent(&mut tx);
+        let Packet::Disconnect(disconnect) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(disconnect.properties.session_expiry_interval_secs, Some(0));
     }
 
     #[test]

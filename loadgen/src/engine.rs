@@ -13,6 +13,11 @@
 //! Shards share nothing but the [`Control`]: flags set by the main thread (go, stop), the
 //! counts that let subscribers and publishers wait for each other, and each shard's own
 //! counters.
+//!
+//! With `ferrymq-loadgen commands` ([`Scenario::commands`]) every device is a subscriber,
+//! a command receiver in a persistent session: it stays until the run stops, and those
+//! planned to go offline leave once commands flow (DISCONNECT, or the connection dropped)
+//! and reconnect to their session after their time away.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -72,6 +77,9 @@ pub struct Control {
     pub subscribers_ready: AtomicUsize,
     pub publishers_alive: AtomicUsize,
     pub publishers_done_at_us: AtomicU64,
+    /// `commands`: when the first command was produced (µs since the epoch; 0: not yet);
+    /// the devices' offline plans count from it.
+    pub commands_started_us: AtomicU64,
     pub counters: Vec<ShardCounters>,
 }
 
@@ -126,6 +134,19 @@ pub fn run(scenario: Arc<Scenario>, control: Arc<Control>) -> io::Result<Vec<Sha
     Ok(output_rx.try_iter().collect())
 }
 
+/// A command receiver's trip offline (`commands --offline-fraction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offline {
+    /// Not one of the devices that go offline, or back from it.
+    Never,
+    /// Will go offline once commands flow.
+    Planned,
+    /// DISCONNECT sent (or the connection being dropped) to go offline.
+    Leaving,
+    /// Offline, waiting to reconnect to its session.
+    Away,
+}
+
 /// Where a slot's device is, seen from the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -153,6 +174,7 @@ struct Slot {
     connected: bool,
     /// A subscriber's SUBACK was counted in `subscribers_ready` (once, not per reconnect).
     subscribed: bool,
+    offline: Offline,
     /// When the current connection attempt started its TCP connect (µs since the epoch).
     connect_started_us: u64,
     /// Connect, CONNACK, SUBACK, disconnect or back-off deadline of the current step.
@@ -172,6 +194,7 @@ impl Slot {
             attempts: 0,
             connected: false,
             subscribed: false,
+            offline: Offline::Never,
             connect_started_us: 0,
             deadline_us: 0,
             timer_us: u64::MAX,
@@ -218,6 +241,8 @@ struct Driver {
     started_us: u64,
     stop_seen: bool,
     subscribers_leaving: bool,
+    /// `commands`: the first command was seen produced and the offline plans armed.
+    commands_seen: bool,
 }
 
 impl Driver {
@@ -261,6 +286,7 @@ impl Driver {
             started_us: 0,
             stop_seen: false,
             subscribers_leaving: false,
+            commands_seen: false,
             scenario,
             control,
         })
@@ -285,8 +311,14 @@ impl Driver {
         let first_subscriber = self.index as u64;
         for k in 0..self.subscriber_slots {
             let number = first_subscriber + (k * self.shard_count) as u64;
-            self.slots
-                .push(Slot::new(Device::subscriber(number as u32, k as u32)));
+            let mut slot = Slot::new(Device::subscriber(number as u32, k as u32));
+            if let Some(commands) = &self.scenario.commands {
+                let device = self.scenario.id_start + number;
+                if commands.leaves_after_us(device).is_some() {
+                    slot.offline = Offline::Planned;
+                }
+            }
+            self.slots.push(slot);
             self.connect_queue.push_back(k);
         }
         self.slots_alive = self.subscriber_slots + self.publisher_slots;
@@ -361,8 +393,32 @@ impl Driver {
                 }
             }
         }
-        if !self.subscribers_leaving && control.publishers_alive.load(Ordering::Acquire) == 0 {
-            let done_at = control.publishers_done_at_us.load(Ordering::Acquire);
+        if !self.commands_seen
+            && control.commands_started_us.load(Ordering::Acquire) != 0
+            && !control.stopping()
+        {
+            // Commands flow: arm the offline plans of the connected devices (the others
+            // look at theirs when they are connected).
+            self.commands_seen = true;
+            for slot in 0..self.subscriber_slots {
+                if self.slots[slot].offline == Offline::Planned
+                    && self.slots[slot].state == SlotState::Active
+                {
+                    self.step(slot, now);
+                }
+            }
+        }
+        // Command receivers stay until the run stops; other subscribers until the last
+        // publisher is done and a little more.
+        let subscribers_done = match self.scenario.commands {
+            Some(_) => control.stopping(),
+            None => control.publishers_alive.load(Ordering::Acquire) == 0,
+        };
+        if !self.subscribers_leaving && subscribers_done {
+            let done_at = match self.scenario.commands {
+                Some(_) => 0,
+                None => control.publishers_done_at_us.load(Ordering::Acquire),
+            };
             if now >= done_at + SUBSCRIBER_LINGER_US {
                 self.subscribers_leaving = true;
                 for slot in 0..self.subscriber_slots {
@@ -685,7 +741,13 @@ impl Driver {
         if connected {
             device.next_publish_us = first_publish_us(scenario, device.number, now);
             s.connected = true;
-            self.observed.connected(s.connect_started_us, now);
+            if s.offline == Offline::Away {
+                s.offline = Offline::Never;
+                counters.offline.fetch_sub(1, Ordering::Relaxed);
+                self.observed.reconnected(s.connect_started_us, now);
+            } else {
+                self.observed.connected(s.connect_started_us, now);
+            }
             let counters = self.counters();
             counters.connected.fetch_add(1, Ordering::Relaxed);
             ShardCounters::add(&counters.connects, 1);
@@ -756,8 +818,39 @@ impl Driver {
                         done_publishing && (drained || drain_over)
                     }
                 };
-                if leave {
-                    device.disconnect(scenario, &mut self.tx);
+                // A command receiver whose time to go offline came.
+                let mut go_offline = false;
+                if s.offline == Offline::Planned && !leave {
+                    let started = control.commands_started_us.load(Ordering::Acquire);
+                    let plan = scenario
+                        .commands
+                        .as_ref()
+                        .and_then(|c| c.leaves_after_us(scenario.id_start + device.number));
+                    if let (Some(after), true) = (plan, started != 0) {
+                        if now >= started + after {
+                            go_offline = true;
+                        } else {
+                            wake = wake.min(started + after);
+                        }
+                    }
+                }
+                let drop_now =
+                    go_offline && scenario.commands.as_ref().is_some_and(|c| c.offline_drop);
+                if go_offline {
+                    s.offline = Offline::Leaving;
+                }
+                if drop_now {
+                    // Like a device losing its network: what it owes goes out (its
+                    // PUBACKs), then the connection closes without a DISCONNECT.
+                    if !self.send(slot) {
+                        return self.lost(slot, now);
+                    }
+                    return self.close(slot, Ok(()), now);
+                }
+                if leave || go_offline {
+                    // A command receiver leaving at the end takes its session with it.
+                    let end_session = leave && scenario.commands.is_some();
+                    device.disconnect(scenario, &mut self.tx, end_session);
                     s.deadline_us = now + DISCONNECT_WAIT_US;
                     wake = s.deadline_us;
                 } else {
@@ -837,6 +930,9 @@ impl Driver {
         }
         s.device.abandon_inflight();
         let Err(failure) = result else {
+            if s.offline == Offline::Leaving {
+                return self.stay_away(slot, now);
+            }
             return self.finish(slot, now);
         };
         self.observed.count(failure);
@@ -845,6 +941,10 @@ impl Driver {
             ShardCounters::add(&counters.connect_errors, 1);
         } else {
             ShardCounters::add(&counters.errors, 1);
+        }
+        if self.slots[slot].offline == Offline::Leaving {
+            // It was going offline anyway.
+            return self.stay_away(slot, now);
         }
         let s = &mut self.slots[slot];
         let wants_more =
@@ -857,10 +957,39 @@ impl Driver {
         }
     }
 
+    /// A command receiver went offline: it reconnects to its session once its time away
+    /// is over (unless the run stops first).
+    fn stay_away(&mut self, slot: usize, now: u64) {
+        let away_us = self
+            .scenario
+            .commands
+            .as_ref()
+            .map_or(0, |c| c.offline_us());
+        if self.stop_seen {
+            self.slots[slot].offline = Offline::Never;
+            return self.finish(slot, now);
+        }
+        self.slots[slot].offline = Offline::Away;
+        self.slots[slot].state = SlotState::Backoff;
+        self.observed.went_offline += 1;
+        self.control.counters[self.index]
+            .offline
+            .fetch_add(1, Ordering::Relaxed);
+        self.schedule(slot, now + away_us);
+    }
+
     /// The slot's device is done: record it, then start the next churn id or retire.
     fn finish(&mut self, slot: usize, _now: u64) {
         let s = &mut self.slots[slot];
         s.timer_us = u64::MAX;
+        if s.offline == Offline::Away {
+            // Offline for good (it gave up reconnecting, or the run stopped).
+            s.offline = Offline::Never;
+            self.control.counters[self.index]
+                .offline
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        let s = &mut self.slots[slot];
         if s.device.subscriber_slot.is_some() {
             s.state = SlotState::Done;
             self.slots_alive -= 1;

@@ -749,6 +749,7 @@ fn phase(
         broker_pids: Vec::new(),
         child: false,
         tls: None,
+        commands: None,
         exact_schedule: true,
     };
     let shards = scenario.cores.len();

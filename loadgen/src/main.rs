@@ -15,7 +15,11 @@
 //! - [`run`]: one process's run; [`procs`]: `--procs`, several processes merged;
 //! - [`kafka_bench`]: `ferrymq-loadgen kafka-bench`, the MQTT → Kafka benchmark
 //!   (`scripts/bench-kafka`): these devices against ferrymq binaries and the bare
-//!   librdkafka client.
+//!   librdkafka client;
+//! - [`commands`]: `ferrymq-loadgen commands`, Kafka → MQTT: devices in persistent
+//!   sessions subscribed to their own command topics, commands produced to Kafka for a
+//!   `[[kafka.source]]`, each one checked at its device (lost, duplicated, out of order,
+//!   produce → device latency), with devices going offline and back.
 //!
 //! Traffic shapes: publishers only (fan-in to Kafka), `--subscribers N` (fan-out: each
 //! subscriber gets every message of the process's publishers) and `--one-to-one` (each
@@ -28,6 +32,7 @@
 //! reached Kafka (`kafka.received_per_sec`) and, beside publish→ack, Kafka's own produce
 //! latency on the same cluster (`latency.kafka_probe`).
 
+mod commands;
 mod device;
 mod engine;
 mod kafka_bench;
@@ -63,7 +68,8 @@ static GLOBAL: report::CountingAllocator = report::CountingAllocator;
 /// connect rate and TCP connect → CONNACK latency (TLS handshake included with --tls).
 /// Exit status: 0 when no acknowledged message is missing (nor, one-to-one, delivered
 /// to the wrong subscriber), 1 when one is, 2 for bad flags or a failed preflight, 3 for
-/// other errors. `ferrymq-loadgen kafka-bench --help`: the MQTT → Kafka benchmark.
+/// other errors. `ferrymq-loadgen kafka-bench --help`: the MQTT → Kafka benchmark;
+/// `ferrymq-loadgen commands --help`: Kafka → MQTT, commands to devices.
 #[derive(Parser, Debug)]
 #[command(
     name = "ferrymq-loadgen",
@@ -537,6 +543,7 @@ fn scenario_of(args: &Args) -> Result<Scenario, String> {
         } else {
             None
         },
+        commands: None,
         exact_schedule: false,
     })
 }
@@ -586,6 +593,9 @@ fn demand_of(scenario: &Scenario, procs: u64) -> preflight::Demand {
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("kafka-bench") {
         return kafka_bench::main(std::env::args().skip(1));
+    }
+    if std::env::args().nth(1).as_deref() == Some("commands") {
+        return commands::main(std::env::args().skip(1));
     }
     let args = Args::parse();
     if let Err(message) = check(&args) {

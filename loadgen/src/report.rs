@@ -37,11 +37,35 @@ pub struct ShardCounters {
     pub acks: AtomicU64,
     pub errors: AtomicU64,
     pub sub_received: AtomicU64,
+    /// `commands`: this run's commands received for the first time.
+    pub commands_received: AtomicU64,
+    /// `commands`: devices offline now, by plan (away from their sessions).
+    pub offline: AtomicI64,
+    /// `commands`: the Kafka partitions whose readiness probe record reached a device, as
+    /// a bitmap.
+    pub probe_partitions: [AtomicU64; PROBE_PARTITION_WORDS],
 }
+
+/// Partitions a `commands` readiness probe can tell apart: 64 per word.
+pub const PROBE_PARTITION_WORDS: usize = 16;
 
 impl ShardCounters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A probe record of Kafka partition `partition` arrived.
+    pub fn probe_arrived(&self, partition: u64) {
+        if let Some(word) = self.probe_partitions.get((partition / 64) as usize) {
+            word.fetch_or(1 << (partition % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a probe record of `partition` arrived at a device of this shard.
+    pub fn probe_seen(&self, partition: u64) -> bool {
+        self.probe_partitions
+            .get((partition / 64) as usize)
+            .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (partition % 64)) != 0)
     }
 }
 
@@ -55,6 +79,10 @@ pub struct Totals {
     pub acks: u64,
     pub errors: u64,
     pub sub_received: u64,
+    #[serde(default)]
+    pub commands_received: u64,
+    #[serde(default)]
+    pub offline: i64,
 }
 
 impl Totals {
@@ -69,6 +97,8 @@ impl Totals {
                 acks: shard.acks.load(Ordering::Relaxed),
                 errors: shard.errors.load(Ordering::Relaxed),
                 sub_received: shard.sub_received.load(Ordering::Relaxed),
+                commands_received: shard.commands_received.load(Ordering::Relaxed),
+                offline: shard.offline.load(Ordering::Relaxed),
             };
         }
         totals
@@ -105,6 +135,8 @@ impl std::ops::AddAssign for Totals {
         self.acks += other.acks;
         self.errors += other.errors;
         self.sub_received += other.sub_received;
+        self.commands_received += other.commands_received;
+        self.offline += other.offline;
     }
 }
 

@@ -237,6 +237,48 @@ pub struct KafkaVerify {
     pub probe_topic: String,
 }
 
+/// `ferrymq-loadgen commands`: each subscribing device is device `id_start + index`, with
+/// the plain client id, subscribed to its own topic (the template filled in for it) in a
+/// persistent session. Payloads it receives are commands the loadgen produced to Kafka:
+/// the header's device, a sequence number per device and the produce time.
+#[derive(Debug, Clone)]
+pub struct CommandDevices {
+    /// Payloads sent before this moment (µs since the epoch) are an earlier run's: stale.
+    pub since_us: u64,
+    /// Share of the devices that go offline once while commands are produced.
+    pub offline_fraction: f64,
+    /// How long such a device stays away before it reconnects to its session.
+    pub offline: Duration,
+    /// Leave by closing the TCP connection (a device losing its network) instead of
+    /// sending DISCONNECT.
+    pub offline_drop: bool,
+    /// The moments devices leave at are spread over this span, from the first command on.
+    pub offline_window: Duration,
+}
+
+/// The device number in the header of the loadgen's readiness probe records; the sequence
+/// number is the Kafka partition the probe went to.
+pub const PROBE_DEVICE: u64 = u64::MAX;
+
+impl CommandDevices {
+    /// When device `number` goes offline, in µs after the first command, if it is one of
+    /// those that do: chosen and spread by a hash of the number, so that the engine and
+    /// the report agree without a list.
+    pub fn leaves_after_us(&self, number: u64) -> Option<u64> {
+        if self.offline_fraction <= 0.0 {
+            return None;
+        }
+        let roll = mix64(number ^ 0x6f66_666c_696e_6521);
+        let chosen = (roll % 1_000_000) as f64 / 1_000_000.0 < self.offline_fraction;
+        let window_us = (self.offline_window.as_micros() as u64).max(1);
+        chosen.then(|| (roll >> 20) % window_us)
+    }
+
+    pub fn offline_us(&self) -> u64 {
+        self.offline.as_micros() as u64
+    }
+}
+
 /// Everything a run needs to know, fixed before it starts.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -283,6 +325,9 @@ pub struct Scenario {
     pub child: bool,
     /// `--tls`: the devices speak MQTT over TLS with this client configuration.
     pub tls: Option<crate::tls::TlsClient>,
+    /// `ferrymq-loadgen commands`: the subscribing devices are command receivers (see
+    /// [`CommandDevices`]); no device publishes.
+    pub commands: Option<CommandDevices>,
     /// Exact schedule (`kafka-bench`): shards sleep on microsecond timers instead of whole
     /// milliseconds, a device sends every message that is due in one go (a late device
     /// catches up instead of starting afresh; with no interval it fills its window), and
@@ -299,21 +344,33 @@ impl Scenario {
         self.churn_total.unwrap_or(u64::from(self.devices))
     }
 
+    /// Whether payloads of device `number` are this process's: one of its publishing
+    /// devices, or with [`Scenario::commands`] one of its command receivers.
     pub fn owns_device(&self, number: u64) -> bool {
-        number >= self.id_start && number - self.id_start < self.publisher_ids()
+        let ids = match self.commands {
+            Some(_) => u64::from(self.subscribers),
+            None => self.publisher_ids(),
+        };
+        number >= self.id_start && number - self.id_start < ids
     }
 
     pub fn client_id(&self, number: u64) -> String {
         format!("{}{number}", self.id_prefix)
     }
 
+    /// A subscribing device's client id; a command receiver's is the plain client id of
+    /// the device it is (the key of its commands).
     pub fn subscriber_client_id(&self, index: u32) -> String {
-        format!("{}sub{}-{index}", self.id_prefix, self.id_start)
+        match self.commands {
+            Some(_) => self.client_id(self.id_start + u64::from(index)),
+            None => format!("{}sub{}-{index}", self.id_prefix, self.id_start),
+        }
     }
 
-    /// With `--one-to-one`, the publishing device subscriber `index` is paired with.
+    /// With `--one-to-one`, the publishing device subscriber `index` is paired with; with
+    /// [`Scenario::commands`], the device it is (whose commands only it may receive).
     pub fn paired_publisher(&self, index: u64) -> Option<u64> {
-        self.one_to_one.then(|| self.id_start + index)
+        (self.one_to_one || self.commands.is_some()).then(|| self.id_start + index)
     }
 
     /// What subscriber `index` subscribes to: its publisher's topic with `--one-to-one`,

@@ -80,6 +80,11 @@ impl SeqSet {
         Seen::First
     }
 
+    /// One past the highest sequence number seen.
+    pub fn high(&self) -> u32 {
+        self.high
+    }
+
     pub fn contains(&self, seq: u32) -> bool {
         self.bits
             .get((seq / 64) as usize)

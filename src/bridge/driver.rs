@@ -164,6 +164,11 @@ impl Bridge {
         self.0.state.borrow_mut().admit(topic, qos, v5)
     }
 
+    /// See [`ShardBridge::admit_from_source`].
+    pub fn admit_from_source(&self, topic: &str) -> Admission {
+        self.0.state.borrow_mut().admit_from_source(topic)
+    }
+
     /// Waits while a producer or the spool this admitted message goes to is full
     /// (backpressure: the publisher is not read meanwhile, never a dropped QoS 1/2 record).
     pub async fn wait_for_room(&self, admission: &Admission) {

@@ -77,6 +77,8 @@ pub struct Mapping {
     pub ack: AckMode,
     /// Whether matched messages also go to MQTT subscribers.
     pub mqtt_subscribers: bool,
+    /// Whether messages from Kafka sources go through it too (`from_sources`).
+    pub from_sources: bool,
     /// What becomes of a record Kafka refuses for good.
     pub on_refused: OnRefused,
     /// Where refused records go with `on_refused = "dead_letter"`.
@@ -152,6 +154,7 @@ impl Mappings {
                 headers: m.headers.iter().copied().collect(),
                 ack: m.ack,
                 mqtt_subscribers: m.mqtt_subscribers,
+                from_sources: m.from_sources,
                 on_refused: m.on_refused,
                 dead_letter,
             });

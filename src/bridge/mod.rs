@@ -18,6 +18,8 @@
 //! - `mapping.rs` and `template.rs`: the compiled `[[kafka.mapping]]` sections;
 //!   `settings.rs` the clusters' settings in force (SIGHUP may replace them); `health.rs`
 //!   the readiness probe of each cluster.
+//! - `source/`: the other direction, Kafka → MQTT: `[[kafka.source]]` consumers, records
+//!   handed to the broker's shards, offsets committed once delivered.
 //!
 //! May import: `config`, `metrics`, `protocol`, `runtime`, `spool`, `topic`. Never `broker`.
 
@@ -30,6 +32,7 @@ pub mod producer;
 mod records;
 mod reports;
 pub mod settings;
+pub mod source;
 mod state;
 #[cfg(test)]
 mod state_tests;
@@ -165,7 +168,6 @@ pub struct Completed {
 /// [`Config::validate`] shows them. `ferrymq` calls it right after [`crate::config::load`],
 /// so a bad template stops the start as any other config error does.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    mapping::Mappings::new(&config.kafka)
-        .map(drop)
-        .map_err(|error| config.shown_error(error))
+    mapping::Mappings::new(&config.kafka).map_err(|error| config.shown_error(error))?;
+    source::compile(config).map(drop)
 }

@@ -173,6 +173,24 @@ impl ShardBridge {
         admission
     }
 
+    /// [`ShardBridge::admit`] for a message read from a Kafka source: only the mappings
+    /// with `from_sources` take it (never the others: no loops), and it goes to
+    /// subscribers whatever they say.
+    pub fn admit_from_source(&mut self, topic: &str) -> Admission {
+        let mut admission = Admission::default();
+        if !self.mappings.as_slice().iter().any(|m| m.from_sources) {
+            return admission;
+        }
+        self.trie_walks += 1;
+        self.mappings.for_each_match(topic, |mapping| {
+            if mapping.from_sources {
+                admission.matched.push(mapping.index as u16);
+                admission.durable |= mapping.ack == AckMode::Durable;
+            }
+        });
+        admission
+    }
+
     /// Walks of the mapping trie so far.
     pub fn trie_walks(&self) -> u64 {
         self.trie_walks

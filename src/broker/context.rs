@@ -72,6 +72,9 @@ pub struct ShardContext {
     pub bridge: Bridge,
     /// PUBLISHes whose PUBACK/PUBREC waits for the bridge, by ticket.
     pub deferred_acks: RefCell<HashMap<Ticket, DeferredAck>>,
+    /// Records from Kafka sources that a `from_sources` mapping writes to Kafka again:
+    /// their receipt's share waits for the bridge, by ticket.
+    pub source_tickets: RefCell<HashMap<Ticket, crate::bridge::source::Receipt>>,
     /// Publishers held while subscribers they feed are congested (`router::slow_down_for`);
     /// woken when a session's queue moves (an acknowledgement, a disconnect).
     pub congestion_eased: WaitList,

@@ -80,6 +80,22 @@ fn on_shard_message(shard: &ShardRef, message: ShardMessage) {
             }
         }
         ShardMessage::InterestAck { ack_id } => router::interest_acked(shard, ack_id),
+        ShardMessage::SourcePublish {
+            message,
+            group,
+            receipt,
+        } => {
+            let delivered = shard.state.borrow_mut().deliver_from_source(
+                &Rc::new(message),
+                group.as_deref(),
+                &receipt,
+                now,
+            );
+            // Refused: the receipt is dropped unfinished, and the source goes back.
+            if let Some(delivered) = delivered {
+                receipt.finish(delivered);
+            }
+        }
         ShardMessage::Retained(message) => {
             shard.state.borrow_mut().set_retained(&Rc::new(message));
         }

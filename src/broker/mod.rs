@@ -14,6 +14,7 @@ mod connect;
 pub mod connection;
 pub mod context;
 pub mod inbox;
+pub mod ingress;
 mod link;
 pub mod message;
 mod publish;

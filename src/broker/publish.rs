@@ -215,6 +215,14 @@ pub(super) fn acknowledge(
 /// spool, or were refused).
 pub fn acknowledge_deferred(shard: &ShardContext, completed: Vec<Completed>) {
     for done in completed {
+        if let Some(receipt) = shard.source_tickets.borrow_mut().remove(&done.ticket) {
+            // Stored, or refused for good and handled as the mapping says: done. A failure
+            // that may pass leaves the record uncommitted, to be read again.
+            if !matches!(done.outcome, Acknowledgement::Failed(_)) {
+                receipt.finish(true);
+            }
+            continue;
+        }
         let Some(ack) = shard.deferred_acks.borrow_mut().remove(&done.ticket) else {
             continue;
         };

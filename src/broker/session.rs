@@ -1,6 +1,7 @@
 //! A client's session (section 4.1): subscriptions, QoS 1/2 state in both directions and
 //! the messages queued for it, kept by the shard that owns its client id, connected or not.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use crate::protocol::{MqttStr, Packet, Protocol, PubRel, QoS, SubscriptionOption
 
 use super::connection::Connection;
 use super::message::Message;
+use crate::bridge::source::Receipt;
 
 pub type SessionId = u64;
 
@@ -20,6 +22,39 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// For a record from a Kafka source: settled when this delivery is done.
+    pub source: SourceAck,
+}
+
+/// A Kafka source record's share ([`Receipt`]) riding with one delivery. Settled (the
+/// record may be committed, as far as this session goes) when the client acknowledged it
+/// (PUBACK, PUBREC), when it was written at QoS 0 or dropped by rule (expired, too large,
+/// a QoS 0 overflow), when it waits in a session whose client is away, or when the session
+/// ends. Dropped unsettled (the broker stopping with it unacknowledged), the record is not
+/// committed and is read again.
+#[derive(Clone, Default)]
+pub struct SourceAck(Option<Rc<RefCell<Option<Receipt>>>>);
+
+impl SourceAck {
+    pub fn new(receipt: Receipt) -> SourceAck {
+        SourceAck(Some(Rc::new(RefCell::new(Some(receipt)))))
+    }
+
+    pub fn settle(&self) {
+        if let Some(receipt) = self.0.as_ref().and_then(|cell| cell.borrow_mut().take()) {
+            receipt.finish(true);
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SourceAck(record)"
+        } else {
+            "SourceAck(none)"
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +161,8 @@ impl Session {
         now: Instant,
     ) -> DeliveryOutcome {
         if delivery.qos == QoS::AtMostOnce {
+            // Written, or dropped by rule (counted as for MQTT publishers): done either way.
+            delivery.source.settle();
             let Some(connection) = self.connected() else {
                 // QoS 0 messages are not kept for absent clients.
                 return DeliveryOutcome::Dropped;
@@ -157,6 +194,10 @@ impl Session {
         if self.pending.len() >= session_queue_max {
             return DeliveryOutcome::Dropped;
         }
+        if self.connection.is_none() {
+            // Kept for a client that is away: as far as a Kafka source goes, delivered.
+            delivery.source.settle();
+        }
         self.pending.push_back(delivery);
         DeliveryOutcome::Queued
     }
@@ -170,11 +211,13 @@ impl Session {
             &delivery.subscription_ids,
             now,
         ) else {
+            delivery.source.settle();
             return DeliveryOutcome::Expired;
         };
         if let Some(connection) = self.connected() {
             if too_large(&publish, connection) {
                 // [MQTT-3.1.2-25]: discarded as if sent; it must not hold an in-flight slot.
+                delivery.source.settle();
                 return DeliveryOutcome::TooLarge;
             }
         }
@@ -220,10 +263,23 @@ impl Session {
             .position(|o| o.packet_id == packet_id && o.state == expected)
         {
             Some(index) => {
-                self.outbound.remove(index);
+                if let Some(done) = self.outbound.remove(index) {
+                    done.delivery.source.settle();
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// The client went away with the session kept: what waits for it is, as far as Kafka
+    /// sources go, delivered (see [`SourceAck`]).
+    pub fn settle_sources(&mut self) {
+        for outbound in &self.outbound {
+            outbound.delivery.source.settle();
+        }
+        for delivery in &self.pending {
+            delivery.source.settle();
         }
     }
 
@@ -235,6 +291,8 @@ impl Session {
             .find(|o| o.packet_id == packet_id && o.state != OutboundState::AwaitingPubAck)
         {
             Some(outbound) => {
+                // The client has it; the rest of the exchange is about its packet id.
+                outbound.delivery.source.settle();
                 outbound.state = OutboundState::AwaitingPubComp;
                 true
             }
@@ -276,6 +334,14 @@ impl Session {
             connection.send(Packet::Publish(publish));
         }
         self.pump(now)
+    }
+}
+
+impl Drop for Session {
+    /// A session that ends (Clean Start, expiry, the broker stopping once its sources have
+    /// committed) settles what it held: MQTT discards it with the session.
+    fn drop(&mut self) {
+        self.settle_sources();
     }
 }
 

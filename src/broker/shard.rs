@@ -7,17 +7,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Access, AuthSnapshot, AuthStore};
+use crate::auth::{AuthSnapshot, AuthStore};
 use crate::config::BrokerConfig;
 use crate::protocol::{ConnAck, Connect, MqttStr, Protocol, QoS, ReasonCode, RetainHandling};
 use crate::runtime::ShardId;
 
 use super::connection::Connection;
 use super::message::Message;
-use super::session::{Delivery, DeliveryOutcome, Session, SessionId, SubscriptionEntry};
+use super::session::{Delivery, Session, SessionId, SourceAck, SubscriptionEntry};
 use crate::metrics::stats::ShardStats;
 use crate::topic::RetainedStore;
-use crate::topic::{Match, SubscriptionTree};
+use crate::topic::SubscriptionTree;
 
 /// The shard that owns a client id: where its session lives, whichever shard accepted the
 /// connection. FNV-1a: stable across processes, cheap, good enough spread for ids.
@@ -47,6 +47,15 @@ pub struct RemoteTargets {
     /// Connected local sessions whose queue is past its high-water mark: the publisher
     /// waits for them to drain before reading on (backpressure on QoS 1/2).
     pub congested: Vec<MqttStr>,
+}
+
+/// The subscribers of a message on the shard that routes it.
+#[derive(Default)]
+struct LocalTargets {
+    /// Ordinary subscriptions match here.
+    normal: bool,
+    /// Shared groups whose turn fell on this shard.
+    shared_groups: Vec<String>,
 }
 
 /// What CONNECT produced: the CONNACK, and whether the old connection of the client was
@@ -92,11 +101,16 @@ pub struct Shard {
     /// The snapshot this shard decides with, swapped when the store's generation moves
     /// (one atomic load per decision, no lock).
     auth_snapshot: Arc<AuthSnapshot>,
+    /// Per Kafka source partition (its slot), the offset of a record refused here for a
+    /// full session: later ones are refused too until the source comes back to it.
+    source_blocks: HashMap<u64, i64>,
 }
 
 mod access;
+mod delivery;
+mod source;
 
-use access::refreshed;
+pub use source::SourceRouting;
 
 impl Shard {
     pub fn new(
@@ -125,6 +139,7 @@ impl Shard {
             congested: Vec::new(),
             auth: Arc::new(AuthStore::open()),
             auth_snapshot: Arc::new(AuthSnapshot::open()),
+            source_blocks: HashMap::new(),
         }
     }
 
@@ -279,6 +294,7 @@ impl Shard {
             return closed;
         }
         session.connection = None;
+        session.settle_sources();
         session.disconnected_at = Some(now);
         ShardStats::decr(&self.stats.clients_connected);
         let will = session.will.take();
@@ -443,150 +459,6 @@ impl Shard {
         }
     }
 
-    /// Routes a message published on this shard: delivers to local subscribers and shared
-    /// groups whose turn is here, and says which other shards must get it.
-    pub fn route(&mut self, message: &Rc<Message>, now: Instant) -> RemoteTargets {
-        let mut targets = RemoteTargets::default();
-        let mut local_normal = false;
-        let mut local_shared_groups: Vec<String> = Vec::new();
-        let own_id = self.id;
-        self.interest.for_each_match(&message.topic, |m| match m {
-            Match::Normal { key, .. } => {
-                if *key == own_id {
-                    local_normal = true;
-                } else if !targets.shards.contains(key) {
-                    targets.shards.push(*key);
-                }
-            }
-            Match::Shared { group, key, .. } => {
-                if *key == own_id {
-                    local_shared_groups.push(group.to_string());
-                } else {
-                    targets.shared.push((*key, group.to_string()));
-                }
-            }
-        });
-        if local_normal {
-            self.deliver_local(message, now);
-        }
-        for group in local_shared_groups {
-            self.deliver_shared(message, &group, now);
-        }
-        targets.congested = std::mem::take(&mut self.congested);
-        targets
-    }
-
-    /// Delivers to this shard's ordinary subscribers: one copy per session with the
-    /// highest QoS of its matching subscriptions and all their identifiers [MQTT-3.3.4-2],
-    /// [MQTT-3.3.4-3].
-    pub fn deliver_local(&mut self, message: &Rc<Message>, now: Instant) {
-        let mut merged = std::mem::take(&mut self.scratch);
-        let publisher = &message.publisher;
-        let ids = &self.session_client_ids;
-        self.subscriptions.for_each_match(&message.topic, |m| {
-            let (session_id, entry) = (*m.key(), *m.value());
-            if entry.options.no_local {
-                // [MQTT-3.8.3-3]: not to the publisher's own connection.
-                if ids.get(&session_id).is_some_and(|c| c == publisher) {
-                    return;
-                }
-            }
-            let slot = merged
-                .entry(session_id)
-                .or_insert((QoS::AtMostOnce, false, Vec::new()));
-            slot.0 = slot.0.max(entry.options.qos.min(message.qos));
-            slot.1 |= entry.options.retain_as_published && message.retain;
-            if let Some(id) = entry.subscription_id {
-                slot.2.push(id);
-            }
-        });
-        for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            self.deliver_to(session_id, message, qos, retain, subscription_ids, now);
-        }
-        self.scratch = merged;
-    }
-
-    /// Delivers to the member of shared group `group` whose turn it is on this shard.
-    pub fn deliver_shared(&mut self, message: &Rc<Message>, group: &str, now: Instant) {
-        let mut chosen = None;
-        self.shared_subscriptions
-            .for_each_match(&message.topic, |m| {
-                if let Match::Shared {
-                    group: g,
-                    key,
-                    value,
-                } = m
-                {
-                    if g == group && chosen.is_none() {
-                        chosen = Some((*key, *value));
-                    }
-                }
-            });
-        if let Some((session_id, entry)) = chosen {
-            let qos = entry.options.qos.min(message.qos);
-            let ids = entry.subscription_id.into_iter().collect();
-            // Shared deliveries never carry the retain flag of a retained publish
-            // unless Retain As Published is set.
-            let retain = entry.options.retain_as_published && message.retain;
-            self.deliver_to(session_id, message, qos, retain, ids, now);
-        }
-    }
-
-    fn deliver_to(
-        &mut self,
-        session_id: SessionId,
-        message: &Rc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: Vec<u32>,
-        now: Instant,
-    ) {
-        let Some(client_id) = self.session_client_ids.get(&session_id) else {
-            return;
-        };
-        let Some(session) = self.sessions.get_mut(client_id) else {
-            return;
-        };
-        // Read access, per message: a subscription may be wider than what its subscriber
-        // may read (Mosquitto grants `devices/#` to a device held to `devices/%c/#` and
-        // filters what it delivers the same way).
-        let snapshot = refreshed(&self.auth, &mut self.auth_snapshot);
-        if snapshot.acl().is_some()
-            && !session
-                .acl
-                .as_mut()
-                .is_some_and(|acl| acl.check(snapshot, &message.topic, Access::Read))
-        {
-            ShardStats::incr(&self.stats.dropped_not_authorized);
-            return;
-        }
-        let delivery = Delivery {
-            message: message.clone(),
-            qos,
-            retain,
-            subscription_ids,
-        };
-        let outcome = session.deliver(
-            delivery,
-            self.config.session_queue_messages_max,
-            self.config.outgoing_queue_messages_max,
-            now,
-        );
-        if outcome == DeliveryOutcome::Queued && self.is_congested(client_id) {
-            self.congested.push(client_id.clone());
-        }
-        let stats = &self.stats;
-        match outcome {
-            DeliveryOutcome::Dropped if qos == QoS::AtMostOnce => {
-                ShardStats::incr(&stats.dropped_qos0_queue_full)
-            }
-            DeliveryOutcome::Dropped => ShardStats::incr(&stats.dropped_session_queue_full),
-            DeliveryOutcome::Expired => ShardStats::incr(&stats.dropped_expired),
-            DeliveryOutcome::TooLarge => ShardStats::incr(&stats.dropped_too_large),
-            DeliveryOutcome::Sent | DeliveryOutcome::Queued => {}
-        }
-    }
-
     /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5..7].
     pub fn set_retained(&mut self, message: &Rc<Message>) {
         if message.payload.is_empty() {
@@ -630,7 +502,17 @@ impl Shard {
             let qos = entry.options.qos.min(message.qos);
             let ids = entry.subscription_id.into_iter().collect();
             // Sent because of a new subscription: RETAIN is set [MQTT-3.3.1-8].
-            self.deliver_to(session_id, &message, qos, true, ids, now);
+            self.deliver_to(
+                session_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain: true,
+                    subscription_ids: ids,
+                    source: SourceAck::default(),
+                },
+                now,
+            );
         }
     }
 

@@ -6,6 +6,7 @@ use crate::protocol::Connect;
 use crate::runtime::{DetachedStream, ShardId};
 
 use super::message::Message;
+use crate::bridge::source::Receipt;
 use crate::metrics::stats::StatsSnapshot;
 
 use super::context::ConnectionSlot;
@@ -41,6 +42,14 @@ pub enum ShardMessage {
     },
     InterestAck {
         ack_id: u64,
+    },
+    /// A record from a Kafka source, forwarded by the shard that took it: for the
+    /// receiver's ordinary subscribers (`group` None) or one shared group's member. The
+    /// receiver finishes its share of the receipt, or drops it to refuse the record.
+    SourcePublish {
+        message: Message,
+        group: Option<String>,
+        receipt: Receipt,
     },
     /// A retained message set (or cleared, with an empty payload) on another shard.
     Retained(Message),

@@ -286,3 +286,75 @@ fn a_connected_session_is_congested_at_half_its_queue_maximum() {
     assert_eq!(connection.queued_len(), 2);
     assert_eq!(shard.queue_totals(), (1, 1, 2));
 }
+
+/// Records from a Kafka source: their receipt settles as the delivery table says
+/// (queued for an absent client: at once; in flight to a connected one: at its PUBACK), a
+/// record for a full session is refused, and so is every later record of its partition
+/// until the source comes back to the refused one.
+#[test]
+fn source_records_settle_when_delivered_and_a_full_session_refuses_its_partition() {
+    use crate::bridge::source::receipt::{Outcome, Outcomes};
+    use crate::bridge::source::{Position, Receipt};
+
+    let mut shard = shard();
+    let id = MqttStr::from_static("device-9");
+    let now = Instant::now();
+    let (first, _, _) = connect(&mut shard, "device-9", Protocol::V3_1_1, false);
+    subscribe(&mut shard, &id, "cmd/#", QoS::AtLeastOnce);
+    shard.close_connection(&id, first.id, false, now);
+
+    let outcomes = Outcomes::default();
+    let taken = |outcomes: &Outcomes| -> Vec<(i64, bool)> {
+        std::iter::from_fn(|| outcomes.pop())
+            .map(|o: Outcome| (o.position.offset, o.refused))
+            .collect()
+    };
+    let record = |shard: &mut Shard, offset: i64| -> bool {
+        let position = Position {
+            partition: 7,
+            generation: 1,
+            offset,
+        };
+        let receipt = Receipt::new(position, outcomes.clone());
+        match shard.route_from_source(&message("cmd/device-9", QoS::AtLeastOnce), &receipt, now) {
+            super::shard::SourceRouting::Delivered { local, targets } => {
+                assert!(targets.shards.is_empty());
+                receipt.finish(local);
+                true
+            }
+            super::shard::SourceRouting::Refused => false,
+        }
+    };
+    // The client is away: each is delivered once queued, up to the queue's bound.
+    for offset in 0..QUEUE_MAX as i64 {
+        assert!(record(&mut shard, offset));
+    }
+    assert_eq!(
+        taken(&outcomes),
+        [(0, false), (1, false), (2, false), (3, false)]
+    );
+    // Full: refused, and the next one too, though the queue does not move.
+    assert!(!record(&mut shard, 4));
+    assert!(!record(&mut shard, 5));
+    assert_eq!(taken(&outcomes), [(4, true), (5, true)]);
+
+    // The client is back and takes one message: room for the refused record, read again.
+    let (second, present, _) = connect(&mut shard, "device-9", Protocol::V3_1_1, false);
+    assert!(present);
+    shard.resume_session(&id, now);
+    let (in_flight, queued) = in_flight_and_queued(&mut shard, &id);
+    assert_eq!((in_flight.len(), queued), (1, QUEUE_MAX - 1));
+    assert!(record(&mut shard, 4));
+    // Queued for a connected client: not delivered until it acknowledges it.
+    assert!(taken(&outcomes).is_empty());
+    for _ in 0..QUEUE_MAX {
+        let (in_flight, _) = in_flight_and_queued(&mut shard, &id);
+        shard.on_puback(&id, in_flight[0], now);
+    }
+    let (in_flight, queued) = in_flight_and_queued(&mut shard, &id);
+    assert_eq!((in_flight.len(), queued), (1, 0));
+    assert!(taken(&outcomes).is_empty(), "offset 4 is still in flight");
+    shard.on_puback(&id, in_flight[0], now);
+    assert_eq!(taken(&outcomes), [(4, false)]);
+    drop(second);
+}

@@ -19,7 +19,7 @@ use crate::protocol::DecodeError;
 
 /// librdkafka properties that `kafka.clusters.NAME.bootstrap` sets, refused in `config` so the
 /// brokers are named in one place (`metadata.broker.list` is librdkafka's alias).
-const BOOTSTRAP_PROPERTIES: [&str; 2] = ["bootstrap.servers", "metadata.broker.list"];
+pub(super) const BOOTSTRAP_PROPERTIES: [&str; 2] = ["bootstrap.servers", "metadata.broker.list"];
 
 /// Kafka clusters and the mappings that forward MQTT messages to them; TOML `[kafka]`. Empty by
 /// default: without mappings the broker is a plain MQTT broker.
@@ -32,6 +32,9 @@ pub struct KafkaConfig {
     /// MQTT topic filters and where their messages go, in file order; TOML `[[kafka.mapping]]`.
     #[serde(rename = "mapping")]
     pub mappings: Vec<MappingConfig>,
+    /// Kafka topics whose records go to MQTT subscribers; TOML `[[kafka.source]]`.
+    #[serde(rename = "source")]
+    pub sources: Vec<super::source::SourceConfig>,
 }
 
 /// One Kafka cluster; TOML `[kafka.clusters.NAME]`.
@@ -77,6 +80,10 @@ pub struct MappingConfig {
     /// the messages go to Kafka only.
     #[serde(default = "mqtt_subscribers_default")]
     pub mqtt_subscribers: bool,
+    /// Whether messages that came from a `[[kafka.source]]` go through this mapping too.
+    /// They never do otherwise: a record read from Kafka is not written back (no loops).
+    #[serde(default)]
+    pub from_sources: bool,
     /// What becomes of a record Kafka refuses for good (too large for the topic, an invalid
     /// topic, not authorized): see [`OnRefused`].
     #[serde(default)]
@@ -233,6 +240,10 @@ impl KafkaConfig {
             self.check_mapping(mapping)
                 .map_err(|e| ConfigError(format!("kafka.mapping[{i}].{e}")))?;
         }
+        for (i, source) in self.sources.iter().enumerate() {
+            self.check_source(i, source)
+                .map_err(|e| ConfigError(format!("kafka.source[{i}].{e}")))?;
+        }
         Ok(())
     }
 
@@ -336,7 +347,7 @@ impl KafkaConfig {
     }
 
     /// The cluster names for an error message: `a, b`, or `none`.
-    fn cluster_names_known(&self) -> String {
+    pub(super) fn cluster_names_known(&self) -> String {
         if self.clusters.is_empty() {
             return "none".to_string();
         }
@@ -401,7 +412,7 @@ impl<'de> Deserialize<'de> for PropertyValue {
     }
 }
 
-fn deserialize_properties<'de, D: Deserializer<'de>>(
+pub(super) fn deserialize_properties<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let properties = BTreeMap::<String, PropertyValue>::deserialize(d)?;

@@ -55,6 +55,7 @@ pub mod kafka;
 pub mod listener;
 pub mod log;
 pub mod secrets;
+pub mod source;
 pub mod spool;
 
 pub use batching::{BatchingConfig, BATCHING_LINGER_US_MAX, BATCHING_MAX_BYTES_MIN};
@@ -67,6 +68,7 @@ pub use kafka::{AckMode, ClusterConfig, HeaderField, KafkaConfig, MappingConfig,
 pub use listener::{ListenerConfig, PORT_DEFAULT};
 pub use log::{check_log_filter, LogConfig, LogFormat};
 pub use secrets::{is_secret_key, scrub};
+pub use source::{SourceConfig, SourceStart, SOURCE_IN_FLIGHT_MAX};
 pub use spool::{SpoolConfig, SpoolWhenFull, SPOOL_SEGMENT_BYTES_MIN, SPOOL_SYNC_US_MAX};
 
 use file::describe_toml_error;

@@ -362,8 +362,8 @@ fn unknown_keys_are_rejected() {
     let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
     assert_eq!(
         error,
-        "test.toml:2:1: kafka.cluster: unknown key `cluster`, expected `clusters` or \
-         `mapping`"
+        "test.toml:2:1: kafka.cluster: unknown key `cluster`, expected one of `clusters`, \
+         `mapping`, `source`"
     );
     let error = parse("[batching]\nring_capacity = 1\n")
         .unwrap_err()
@@ -678,6 +678,7 @@ fn kafka_and_batching_sections_parse() {
             ],
             ack: AckMode::Kafka,
             mqtt_subscribers: true,
+            from_sources: false,
             on_refused: OnRefused::ReasonCode,
             dead_letter_topic: None,
             dead_letter_cluster: None,

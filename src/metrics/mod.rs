@@ -12,9 +12,11 @@ use std::thread;
 use hdrhistogram::Histogram;
 
 pub mod mapping;
+pub mod source;
 pub mod stats;
 
 pub use mapping::{MappingCounters, RefusedReason, REFUSED_ACTIONS};
+pub use source::{SourceDropped, SourceMetrics};
 use stats::StatsSnapshot;
 
 /// One cluster as one shard sees it.
@@ -81,6 +83,8 @@ pub struct Board {
     pub mappings: Vec<MappingLabel>,
     /// Per cluster: whether it answered its last metadata request.
     pub kafka_up: Vec<Arc<AtomicBool>>,
+    /// The Kafka sources' counters, shared with their consumer threads.
+    pub sources: Vec<Arc<SourceMetrics>>,
 }
 
 impl Board {
@@ -95,7 +99,14 @@ impl Board {
             cluster_names,
             mappings,
             kafka_up,
+            sources: Vec::new(),
         }
+    }
+
+    /// The board with `sources` on it.
+    pub fn with_sources(mut self, sources: Vec<Arc<SourceMetrics>>) -> Board {
+        self.sources = sources;
+        self
     }
 
     pub fn publish(&self, shard: usize, snapshot: ShardSnapshot) {
@@ -350,6 +361,7 @@ pub fn render_prometheus(board: &Board) -> String {
             latency.len()
         );
     }
+    source::render(&mut out, &board.sources);
     out
 }
 
@@ -359,7 +371,7 @@ type SpoolValue = fn(&SpoolSnapshot) -> f64;
 /// Reads one counter of a mapping.
 type CounterOf = fn(&MappingCounters) -> u64;
 
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 

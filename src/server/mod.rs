@@ -20,16 +20,17 @@ use tracing::{error, info};
 use crate::auth::AuthStore;
 use crate::bridge::mapping::Mappings;
 use crate::bridge::settings::ClusterSettings;
+use crate::bridge::source::{self, SourceInbox, SourceThread};
 use crate::bridge::{self, Bridge, BridgeParts, ShardProducers};
 use crate::broker::context::{ShardContext, ShardRef};
 use crate::broker::shard::Shard;
 use crate::broker::shard_message::ShardMessage;
-use crate::broker::{accept_loop, acknowledge_deferred, inbox};
+use crate::broker::{accept_loop, acknowledge_deferred, inbox, ingress};
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::stats::{ShardStats, StatsSnapshot};
-use crate::metrics::{self, Board};
+use crate::metrics::{self, Board, SourceMetrics};
 use crate::protocol::ReasonCode;
-use crate::runtime::{self, ShardEnv};
+use crate::runtime::{self, ShardEnv, WakeEnd};
 
 use startup::Listener;
 
@@ -37,6 +38,9 @@ use startup::Listener;
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// Time given to connections to flush their DISCONNECT before the shards exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(300);
+/// How long a stopping broker waits for its Kafka sources' last commits before it closes
+/// its connections.
+const SOURCES_STOP_WAIT: Duration = Duration::from_secs(10);
 /// How long a stopping broker waits for Kafka to take what its producers hold.
 const PRODUCER_STOP_FLUSH: Duration = Duration::from_secs(5);
 
@@ -76,7 +80,20 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
     let kafka = bridge::start_producers(&config, &settings, cpus.len())?;
-    let board = Arc::new(telemetry::metrics_board(&config, &settings, cpus.len())?);
+    let source_metrics: Vec<Arc<SourceMetrics>> = config
+        .kafka
+        .sources
+        .iter()
+        .map(|source| {
+            let cluster = config.kafka.source_cluster(source).unwrap_or_default();
+            Arc::new(SourceMetrics::new(&source.name, cluster))
+        })
+        .collect();
+    let board = Arc::new(
+        telemetry::metrics_board(&config, &settings, cpus.len())?
+            .with_sources(source_metrics.clone()),
+    );
+    let source_ends = SourceEnds::new(&config, cpus.len())?;
     let metrics_addr = match config.broker.metrics_bind {
         Some(addr) => Some(metrics::serve(addr, board.clone()).map_err(|e| {
             io::Error::new(
@@ -105,6 +122,14 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         auth,
     });
     let connections_open = Arc::new(AtomicUsize::new(0));
+    // The consumers start once everything else is checked: a source's error is then the
+    // only line. Records they read before the shards serve wait in the bounded inboxes.
+    let sources = source::start_sources(&config, &source_ends.inboxes, &source_metrics)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let sources_done = Arc::new(AtomicBool::new(false));
+    let sources_stopped =
+        stop_sources_on_shutdown(sources, shutting_down.clone(), sources_done.clone());
+    let source_ends = Arc::new(source_ends);
     let result = runtime::run_shards(
         &cpus,
         config.broker.inter_shard_channel_capacity,
@@ -117,6 +142,8 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
                 .find_map(Option::take)
                 .expect("one producer set per shard");
             let shared = SharedParts {
+                source_inbox: source_ends.take(env.shard_id),
+                sources_done: sources_done.clone(),
                 config: shard_config.clone(),
                 board: board.clone(),
                 listeners: listeners.clone(),
@@ -126,6 +153,7 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
             shard_main(env, shared, producers)
         },
     );
+    let _ = sources_stopped.join();
     result?;
     info!("stopped");
     Ok(())
@@ -158,8 +186,72 @@ struct ShardConfig {
     auth: Arc<AuthStore>,
 }
 
+/// Each shard's inbox of records from the Kafka sources, with the end it listens on.
+struct SourceEnds {
+    inboxes: Arc<Vec<Arc<SourceInbox>>>,
+    /// Taken by each shard when it starts.
+    ends: Mutex<Vec<Option<WakeEnd>>>,
+}
+
+impl SourceEnds {
+    /// Inboxes for `shard_count` shards; none when no source is configured.
+    fn new(config: &Config, shard_count: usize) -> io::Result<SourceEnds> {
+        let mut inboxes = Vec::new();
+        let mut ends = Vec::new();
+        if !config.kafka.sources.is_empty() {
+            for _ in 0..shard_count {
+                let (inbox, end) = SourceInbox::new()?;
+                inboxes.push(Arc::new(inbox));
+                ends.push(Some(end));
+            }
+        }
+        Ok(SourceEnds {
+            inboxes: Arc::new(inboxes),
+            ends: Mutex::new(ends),
+        })
+    }
+
+    fn take(&self, shard: usize) -> Option<(Arc<SourceInbox>, WakeEnd)> {
+        let end = self
+            .ends
+            .lock()
+            .expect("source ends")
+            .get_mut(shard)?
+            .take()?;
+        Some((self.inboxes[shard].clone(), end))
+    }
+}
+
+/// Stops the sources (last commits, leaving their groups) as soon as a stop is asked for,
+/// while the shards still serve: what the consumers handed over is settled first.
+fn stop_sources_on_shutdown(
+    sources: Vec<SourceThread>,
+    shutting_down: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("sources-stop".into())
+        .spawn(move || {
+            if !sources.is_empty() {
+                while !shutting_down.load(Ordering::Relaxed) {
+                    std::thread::sleep(SHUTDOWN_POLL);
+                }
+                for source in sources {
+                    source.stop();
+                }
+            }
+            done.store(true, Ordering::Release);
+        })
+        .expect("a thread to stop the sources")
+}
+
 /// What the shards share with each other and with the process.
 struct SharedParts {
+    /// This shard's inbox of Kafka source records, when there are sources.
+    source_inbox: Option<(Arc<SourceInbox>, WakeEnd)>,
+    /// Set once the sources made their last commit: connections are closed after that,
+    /// so that what a closing session settles is not committed undelivered.
+    sources_done: Arc<AtomicBool>,
     config: Arc<ShardConfig>,
     board: Arc<Board>,
     listeners: Vec<Listener>,
@@ -219,6 +311,7 @@ async fn shard_main(
         started_at: Instant::now(),
         bridge: bridge.clone(),
         deferred_acks: RefCell::new(HashMap::new()),
+        source_tickets: RefCell::new(HashMap::new()),
         congestion_eased: Default::default(),
         board: shared.board.clone(),
     });
@@ -247,10 +340,17 @@ async fn shard_main(
     for (_, receiver) in receivers {
         runtime::spawn(inbox::serve_inbox(shard.clone(), receiver));
     }
+    if let Some((source_inbox, wake)) = shared.source_inbox {
+        runtime::spawn(ingress::serve_sources(shard.clone(), source_inbox, wake));
+    }
     if config.sys_interval_secs > 0 {
         runtime::spawn(telemetry::sys_loop(shard.clone()));
     }
     while !shared.shutting_down.load(Ordering::Relaxed) {
+        runtime::sleep(SHUTDOWN_POLL).await;
+    }
+    let sources_wait = Instant::now() + SOURCES_STOP_WAIT;
+    while !shared.sources_done.load(Ordering::Acquire) && Instant::now() < sources_wait {
         runtime::sleep(SHUTDOWN_POLL).await;
     }
     // [MQTT-3.14.0-?]: tell 5.0 clients why they are dropped.

@@ -205,6 +205,91 @@ pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs:
     }
 }
 
+/// A record to produce: to `partition` (or by key), with headers.
+#[derive(Clone, Debug, Default)]
+pub struct Outgoing {
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Produces `records` to `topic` in order (idempotent: no duplicates, each partition in
+/// the order given) and waits until Kafka has them all.
+pub fn produce(bootstrap: &str, topic: &str, records: &[Outgoing]) {
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("create producer");
+    for outgoing in records {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in &outgoing.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .payload(&outgoing.payload[..])
+            .headers(headers);
+        if let Some(key) = &outgoing.key {
+            record = record.key(&key[..]);
+        }
+        if let Some(partition) = outgoing.partition {
+            record = record.partition(partition);
+        }
+        let mut record = record;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((error, back)) => {
+                    assert!(
+                        error.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        "produce to {topic}: {error}"
+                    );
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("flush to {topic}: {e}"));
+}
+
+/// The offsets group `group` committed for the partitions of `topic` (partition → next
+/// offset to read); partitions without a commit are left out.
+pub fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create consumer");
+    let ids = partitions(&reader, topic).unwrap_or_else(|| panic!("topic {topic} not found"));
+    let mut list = TopicPartitionList::new();
+    for id in ids {
+        list.add_partition(topic, id);
+    }
+    let found = reader
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some((e.partition(), offset)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn script() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
 }

@@ -1,0 +1,129 @@
+//! Records from Kafka sources arriving on a shard: each shard serves its own inbox, filled
+//! by the sources' consumer threads with the records of the partitions given to it
+//! (`bridge::source::shard_of`), in offset order.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bridge::source::{Receipt, SourceInbox, SourceRecord};
+use crate::bridge::Publication;
+use crate::protocol::{MqttStr, QoS};
+use crate::runtime::{self, WakeEnd};
+
+use super::context::ShardRef;
+use super::message::Message;
+use super::shard::SourceRouting;
+use super::shard_message::ShardMessage;
+
+/// Records served before the task lets the shard's other tasks run.
+const RECORDS_PER_TURN: usize = 256;
+
+/// Serves this shard's source inbox until the consumers are gone.
+pub async fn serve_sources(shard: ShardRef, inbox: Arc<SourceInbox>, wake: WakeEnd) {
+    let mut woken = wake.listen();
+    loop {
+        let mut served = 0;
+        while let Some(record) = inbox.pop() {
+            on_record(&shard, record).await;
+            served += 1;
+            if served % RECORDS_PER_TURN == 0 {
+                runtime::yield_now().await;
+            }
+        }
+        if !woken.wait().await {
+            return;
+        }
+    }
+}
+
+async fn on_record(shard: &ShardRef, record: SourceRecord) {
+    let now = Instant::now();
+    let SourceRecord {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+        receipt,
+    } = record;
+    let expires_at = properties
+        .message_expiry_interval_secs
+        .map(|secs| now + Duration::from_secs(secs.into()));
+    let message = Rc::new(Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+        // No MQTT client published it: No Local never applies [MQTT-3.8.3-3].
+        publisher: MqttStr::default(),
+        expires_at,
+    });
+    let routing = shard
+        .state
+        .borrow_mut()
+        .route_from_source(&message, &receipt, now);
+    let (local, targets) = match routing {
+        // Dropped unfinished: the source goes back to this record.
+        SourceRouting::Refused => return,
+        SourceRouting::Delivered { local, targets } => (local, targets),
+    };
+    if message.retain {
+        shard.state.borrow_mut().set_retained(&message);
+        for other in (0..shard.count).filter(|&s| s != shard.id) {
+            let _ = shard
+                .senders
+                .send(other, ShardMessage::Retained((*message).clone()))
+                .await;
+        }
+    }
+    for target in targets.shards {
+        let forwarded = ShardMessage::SourcePublish {
+            message: (*message).clone(),
+            group: None,
+            receipt: receipt.share(),
+        };
+        let _ = shard.senders.send(target, forwarded).await;
+    }
+    for (target, group) in targets.shared {
+        let forwarded = ShardMessage::SourcePublish {
+            message: (*message).clone(),
+            group: Some(group),
+            receipt: receipt.share(),
+        };
+        let _ = shard.senders.send(target, forwarded).await;
+    }
+    to_kafka(shard, &message, &receipt, now).await;
+    receipt.finish(local);
+}
+
+/// Through the mappings that take messages from sources (`from_sources`), if any: the
+/// record is committed once they have it, as a publisher's PUBACK would wait.
+async fn to_kafka(shard: &ShardRef, message: &Message, receipt: &Receipt, now: Instant) {
+    let bridge = &shard.bridge;
+    let admission = bridge.admit_from_source(&message.topic);
+    if !admission.to_kafka() {
+        return;
+    }
+    let qos = message.qos;
+    if qos != QoS::AtMostOnce {
+        // A full producer or spool holds this inbox (and so the consumers) back.
+        bridge.wait_for_room(&admission).await;
+    }
+    let publication = Publication {
+        topic: &message.topic,
+        publisher: &message.publisher,
+        username: None,
+        payload: &message.payload,
+        qos,
+        retain: message.retain,
+        properties: &message.properties,
+    };
+    if let Some(ticket) = bridge.submit(&admission, &publication, qos != QoS::AtMostOnce, now) {
+        shard
+            .source_tickets
+            .borrow_mut()
+            .insert(ticket, receipt.share());
+    }
+}
