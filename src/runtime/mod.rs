@@ -100,7 +100,7 @@ where
             .name(&format!("ferrymq-shard-{cpu}"))
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
-                let (senders, receivers) = mesh.join().await.expect("join the shard mesh");
+                let (senders, receivers) = join_mesh(mesh).await;
                 let env = ShardEnv {
                     shard_id: senders.peer_id(),
                     shard_count,
@@ -119,6 +119,29 @@ where
             .map_err(|e| io::Error::other(format!("shard failed: {e}")))?;
     }
     Ok(())
+}
+
+/// How often a shard joining the mesh polls the join again without being woken.
+const MESH_JOIN_REPOLL: Duration = Duration::from_millis(100);
+
+/// Joins the channel mesh, polling the join again every [`MESH_JOIN_REPOLL`]. A broker was
+/// seen (about once in 3,000 starts, on a loaded host) with every shard asleep in its
+/// reactor before it served anything: gdb showed no thread doing work, as if the wake-up
+/// of a peer's join notification (glommio's cross-executor shared channels) was lost. A
+/// join polled again finds a notification already there; one not lost costs nothing.
+async fn join_mesh<T: Send + 'static>(
+    mesh: MeshBuilder<T, glommio::channels::channel_mesh::Full>,
+) -> (
+    glommio::channels::channel_mesh::Senders<T>,
+    glommio::channels::channel_mesh::Receivers<T>,
+) {
+    let join = mesh.join();
+    futures_lite::pin!(join);
+    loop {
+        if let Some(joined) = timeout(MESH_JOIN_REPOLL, join.as_mut()).await {
+            return joined.expect("join the shard mesh");
+        }
+    }
 }
 
 /// Submission queue entries of each io_uring of a shard (glommio's default is 128).
