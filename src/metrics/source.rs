@@ -130,7 +130,7 @@ pub fn render(out: &mut String, sources: &[std::sync::Arc<SourceMetrics>]) {
         )
     };
     type Counter = fn(&SourceMetrics) -> u64;
-    let counters: [(&str, &str, Counter); 8] = [
+    let counters: [(&str, &str, Counter); 9] = [
         ("consumed_total", "counter", |s| {
             s.consumed.load(Ordering::Relaxed)
         }),
@@ -148,6 +148,9 @@ pub fn render(out: &mut String, sources: &[std::sync::Arc<SourceMetrics>]) {
         }),
         ("errors_total", "counter", |s| {
             s.errors.load(Ordering::Relaxed)
+        }),
+        ("inbox_full_waits_total", "counter", |s| {
+            s.inbox_full_waits.load(Ordering::Relaxed)
         }),
         ("assigned_partitions", "gauge", |s| {
             s.assigned.load(Ordering::Relaxed)
@@ -178,18 +181,6 @@ pub fn render(out: &mut String, sources: &[std::sync::Arc<SourceMetrics>]) {
                 source.dropped(reason)
             );
         }
-    }
-    let _ = writeln!(
-        out,
-        "# TYPE ferrymq_kafka_source_inbox_full_waits_total counter"
-    );
-    for source in sources {
-        let _ = writeln!(
-            out,
-            "ferrymq_kafka_source_inbox_full_waits_total{{{}}} {}",
-            label(source),
-            source.inbox_full_waits.load(Ordering::Relaxed)
-        );
     }
     let _ = writeln!(out, "# TYPE ferrymq_kafka_source_lag gauge");
     for source in sources {

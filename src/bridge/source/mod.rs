@@ -87,14 +87,6 @@ impl SourceInbox {
     pub fn pop(&self) -> Option<SourceRecord> {
         self.queue.pop()
     }
-
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 /// The shard that takes the records of a partition slot: the same one for as long as the

@@ -60,19 +60,28 @@ impl Shard {
     /// highest QoS of its matching subscriptions and all their identifiers [MQTT-3.3.4-2],
     /// [MQTT-3.3.4-3].
     pub fn deliver_local(&mut self, message: &Rc<Message>, now: Instant) {
-        let mut merged = self.local_subscribers(message);
+        let merged = self.local_subscribers(message);
+        self.deliver_merged(merged, message, SourceAck::default, now);
+    }
+
+    /// Delivers `message` to each session of `merged` (from [`Shard::local_subscribers`],
+    /// given back to `self.scratch` after), with the source share `source` makes.
+    pub(super) fn deliver_merged(
+        &mut self,
+        mut merged: HashMap<SessionId, (QoS, bool, Vec<u32>)>,
+        message: &Rc<Message>,
+        mut source: impl FnMut() -> SourceAck,
+        now: Instant,
+    ) {
         for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            self.deliver_to(
-                session_id,
-                Delivery {
-                    message: message.clone(),
-                    qos,
-                    retain,
-                    subscription_ids,
-                    source: SourceAck::default(),
-                },
-                now,
-            );
+            let delivery = Delivery {
+                message: message.clone(),
+                qos,
+                retain,
+                subscription_ids,
+                source: source(),
+            };
+            self.deliver_to(session_id, delivery, now);
         }
         self.scratch = merged;
     }
@@ -110,22 +119,8 @@ impl Shard {
     /// Delivers to the member of shared group `group` whose turn it is on this shard.
     pub fn deliver_shared(&mut self, message: &Rc<Message>, group: &str, now: Instant) {
         if let Some((session_id, entry)) = self.shared_member(message, group) {
-            let qos = entry.options.qos.min(message.qos);
-            let ids = entry.subscription_id.into_iter().collect();
-            // Shared deliveries never carry the retain flag of a retained publish
-            // unless Retain As Published is set.
-            let retain = entry.options.retain_as_published && message.retain;
-            self.deliver_to(
-                session_id,
-                Delivery {
-                    message: message.clone(),
-                    qos,
-                    retain,
-                    subscription_ids: ids,
-                    source: SourceAck::default(),
-                },
-                now,
-            );
+            let delivery = shared_delivery(message, entry, SourceAck::default());
+            self.deliver_to(session_id, delivery, now);
         }
     }
 
@@ -197,5 +192,21 @@ impl Shard {
             DeliveryOutcome::TooLarge => ShardStats::incr(&stats.dropped_too_large),
             DeliveryOutcome::Sent | DeliveryOutcome::Queued => {}
         }
+    }
+}
+
+/// The copy of `message` for a shared subscription's member: its own QoS and identifier,
+/// and the retain flag only with Retain As Published.
+pub(super) fn shared_delivery(
+    message: &Rc<Message>,
+    entry: SubscriptionEntry,
+    source: SourceAck,
+) -> Delivery {
+    Delivery {
+        message: message.clone(),
+        qos: entry.options.qos.min(message.qos),
+        retain: entry.options.retain_as_published && message.retain,
+        subscription_ids: entry.subscription_id.into_iter().collect(),
+        source,
     }
 }

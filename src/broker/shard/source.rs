@@ -11,9 +11,10 @@ use std::time::Instant;
 use crate::bridge::source::{Position, Receipt};
 use crate::protocol::QoS;
 
+use super::delivery::shared_delivery;
 use super::{RemoteTargets, Shard};
 use crate::broker::message::Message;
-use crate::broker::session::{Delivery, SourceAck};
+use crate::broker::session::SourceAck;
 
 /// What the shard that takes a record from its source does with it.
 pub enum SourceRouting {
@@ -108,37 +109,10 @@ impl Shard {
             return None;
         }
         let delivered = !merged.is_empty() || !shared.is_empty();
-        for (session_id, (qos, retain, subscription_ids)) in merged.drain() {
-            let source = SourceAck::new(receipt.share());
-            self.deliver_to(
-                session_id,
-                Delivery {
-                    message: message.clone(),
-                    qos,
-                    retain,
-                    subscription_ids,
-                    source,
-                },
-                now,
-            );
-        }
-        self.scratch = merged;
+        self.deliver_merged(merged, message, || SourceAck::new(receipt.share()), now);
         for (session_id, entry) in shared {
-            let qos = entry.options.qos.min(message.qos);
-            let ids = entry.subscription_id.into_iter().collect();
-            let retain = entry.options.retain_as_published && message.retain;
             let source = SourceAck::new(receipt.share());
-            self.deliver_to(
-                session_id,
-                Delivery {
-                    message: message.clone(),
-                    qos,
-                    retain,
-                    subscription_ids: ids,
-                    source,
-                },
-                now,
-            );
+            self.deliver_to(session_id, shared_delivery(message, entry, source), now);
         }
         // Sources are held back by refusals, not by waiting on slow subscribers.
         self.congested.clear();
