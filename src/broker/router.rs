@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::cluster;
 use super::context::ShardRef;
 use super::message::Message;
 use super::shard::InterestChange;
@@ -12,7 +13,9 @@ use super::shard_message::ShardMessage;
 use crate::runtime::Signal;
 
 /// Routes `message`, published by a client of this shard (or as a will, or `$SYS`).
-pub async fn publish(shard: &ShardRef, message: Message) {
+/// Returns the ticket of its record for other nodes of the cluster, when a QoS 1/2
+/// publisher's acknowledgement must wait for it.
+pub async fn publish(shard: &ShardRef, message: Message) -> Option<u64> {
     let message = Rc::new(message);
     let now = Instant::now();
     let targets = {
@@ -23,6 +26,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
         state.route(&message, now)
     };
     if message.retain {
+        cluster::share_retained(shard, &message);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let _ = shard
                 .senders
@@ -30,6 +34,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
                 .await;
         }
     }
+    let ticket = cluster::send_to_nodes(shard, &message, &targets).await;
     for target in targets.shards {
         let _ = shard
             .senders
@@ -44,6 +49,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
             .await;
     }
     slow_down_for(shard, targets.congested).await;
+    ticket
 }
 
 /// Longest a publisher is held back for slow subscribers on its shard.
@@ -76,6 +82,7 @@ pub async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::Mqt
 /// Tells every other shard about interest changes; with `wait`, returns once each has
 /// applied them, so that a SUBACK sent afterwards means "routed from everywhere".
 pub async fn announce_interest(shard: &ShardRef, changes: Vec<InterestChange>, wait: bool) {
+    cluster::share_interest(shard, &changes);
     if shard.count == 1 || changes.is_empty() {
         return;
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthSnapshot, AuthStore};
+use crate::cluster::NodeId;
 use crate::config::BrokerConfig;
 use crate::protocol::{ConnAck, Connect, MqttStr, Protocol, QoS, ReasonCode, RetainHandling};
 use crate::runtime::ShardId;
@@ -47,6 +48,17 @@ pub struct RemoteTargets {
     /// Connected local sessions whose queue is past its high-water mark: the publisher
     /// waits for them to drain before reading on (backpressure on QoS 1/2).
     pub congested: Vec<MqttStr>,
+    /// Other nodes of the cluster have ordinary subscriptions matching the topic.
+    pub nodes_ordinary: bool,
+    /// Shared groups whose turn fell on another node: (group, node name).
+    pub nodes_shared: Vec<(String, Arc<str>)>,
+}
+
+impl RemoteTargets {
+    /// Other nodes get the message.
+    pub fn has_nodes(&self) -> bool {
+        self.nodes_ordinary || !self.nodes_shared.is_empty()
+    }
 }
 
 /// The subscribers of a message on the shard that routes it.
@@ -104,10 +116,19 @@ pub struct Shard {
     /// Per Kafka source partition (its slot), the offset of a record refused here for a
     /// full session: later ones are refused too until the source comes back to it.
     source_blocks: HashMap<u64, i64>,
+    /// Which other nodes of the cluster have subscribers for each filter (the state
+    /// topic's interest records, applied by `broker::cluster`).
+    remote_interest: SubscriptionTree<NodeId, ()>,
+    /// Names of the other nodes, by id.
+    node_names: Vec<Arc<str>>,
+    /// Shared groups with members here and on other nodes: whether the next message goes
+    /// to another node (they alternate).
+    shared_turns: HashMap<String, bool>,
 }
 
 mod access;
 mod delivery;
+mod remote;
 mod source;
 
 pub use source::SourceRouting;
@@ -140,6 +161,9 @@ impl Shard {
             auth: Arc::new(AuthStore::open()),
             auth_snapshot: Arc::new(AuthSnapshot::open()),
             source_blocks: HashMap::new(),
+            remote_interest: SubscriptionTree::new(),
+            node_names: Vec::new(),
+            shared_turns: HashMap::new(),
         }
     }
 

@@ -1,0 +1,275 @@
+//! A shard's part in a cluster (`crate::cluster`): it writes the messages other nodes want
+//! to the messages topic (the publisher's PUBACK/PUBREC waits for Kafka), writes its
+//! interest changes and retained messages to the state topic, and applies what the state
+//! reader and the producer send back.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bridge::source::Receipt;
+use crate::cluster::{
+    Envelope, Node, NotSent, ShardLink, StateSnapshot, Update, SEND_IN_FLIGHT_MAX,
+};
+use crate::protocol::{QoS, ReasonCode};
+use crate::runtime::{self, WaitList, WakeEnd};
+
+use super::context::{DeferredAck, ShardContext, ShardRef};
+use super::message::Message;
+use super::publish::{settle_deferred, Verdict};
+use super::shard::{InterestChange, RemoteTargets};
+
+/// What waits for a record of the messages topic.
+pub enum Waiter {
+    /// A QoS 1/2 publisher's acknowledgement.
+    Publish(Rc<DeferredAck>),
+    /// A Kafka source record's share: it is committed once other nodes' copy is in Kafka.
+    Source(Receipt),
+}
+
+/// This shard's side of the cluster.
+pub struct ShardCluster {
+    pub node: Arc<Node>,
+    link: Arc<ShardLink>,
+    next_ticket: Cell<u64>,
+    in_flight: Cell<usize>,
+    /// What waits for a record of the messages topic, by ticket.
+    waiting: RefCell<HashMap<u64, Waiter>>,
+    /// Publishers waiting for room among the records in flight.
+    room: WaitList,
+}
+
+impl ShardCluster {
+    pub fn new(node: Arc<Node>, link: Arc<ShardLink>) -> ShardCluster {
+        ShardCluster {
+            node,
+            link,
+            next_ticket: Cell::new(1),
+            in_flight: Cell::new(0),
+            waiting: RefCell::new(HashMap::new()),
+            room: WaitList::default(),
+        }
+    }
+
+    /// Makes `waiter` wait for the record of `ticket`.
+    pub fn wait_for(&self, ticket: u64, waiter: Waiter) {
+        self.waiting.borrow_mut().insert(ticket, waiter);
+    }
+
+    /// Whether an acknowledgement `this` picks waits for the messages topic.
+    pub fn is_waiting(&self, this: impl Fn(&Rc<DeferredAck>) -> bool) -> bool {
+        self.waiting.borrow().values().any(|waiter| match waiter {
+            Waiter::Publish(ack) => this(ack),
+            Waiter::Source(_) => false,
+        })
+    }
+
+    /// Records in flight to the messages topic, for the gauges.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}
+
+/// Loads what the state topic held at start: the other nodes' interest and the retained
+/// messages.
+pub fn load_snapshot(shard: &ShardContext, snapshot: &StateSnapshot) {
+    let mut state = shard.state.borrow_mut();
+    for (node, name, filter) in &snapshot.interest {
+        state.apply_node_interest(*node, name, filter, true);
+    }
+    let now = Instant::now();
+    for envelope in &snapshot.retained {
+        state.set_retained(&Rc::new(message_of(envelope.clone(), now)));
+    }
+}
+
+/// An envelope read back as a message.
+fn message_of(envelope: Envelope, now: Instant) -> Message {
+    Message {
+        expires_at: envelope
+            .properties
+            .message_expiry_interval_secs
+            .map(|secs| now + Duration::from_secs(secs.into())),
+        topic: envelope.topic,
+        payload: envelope.payload,
+        qos: envelope.qos,
+        retain: envelope.retain,
+        properties: envelope.properties,
+        publisher: envelope.publisher,
+    }
+}
+
+/// Applies the state reader's updates and the producer's reports until the process ends.
+pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
+    let mut woken = wake.listen();
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    loop {
+        while let Some(completion) = cluster.link.pop_completion() {
+            cluster
+                .in_flight
+                .set(cluster.in_flight.get().saturating_sub(1));
+            let waiter = cluster.waiting.borrow_mut().remove(&completion.ticket);
+            match waiter {
+                Some(Waiter::Publish(ack)) => {
+                    let verdict = if completion.stored {
+                        Verdict::Accepted
+                    } else {
+                        Verdict::Failed(ReasonCode::UnspecifiedError)
+                    };
+                    settle_deferred(&shard, &ack, verdict);
+                }
+                // Not stored: left unfinished, the record is read again.
+                Some(Waiter::Source(receipt)) if completion.stored => receipt.finish(true),
+                Some(Waiter::Source(_)) | None => {}
+            }
+        }
+        if cluster.room.waiting() > 0 && cluster.in_flight.get() < SEND_IN_FLIGHT_MAX {
+            cluster.room.wake_all();
+        }
+        let now = Instant::now();
+        while let Some(update) = cluster.link.pop_update() {
+            let mut state = shard.state.borrow_mut();
+            match update {
+                Update::Interest {
+                    node,
+                    node_name,
+                    filter,
+                    added,
+                } => state.apply_node_interest(node, &node_name, &filter, added),
+                Update::Retained(envelope) => {
+                    state.set_retained(&Rc::new(message_of(*envelope, now)));
+                }
+            }
+        }
+        if !woken.wait().await {
+            return;
+        }
+    }
+}
+
+/// Sends `message` to the other nodes that want it (`targets`). Returns the ticket the
+/// publisher's acknowledgement waits for (QoS 1/2), or None (QoS 0, or no node wants it).
+pub async fn send_to_nodes(
+    shard: &ShardRef,
+    message: &Message,
+    targets: &RemoteTargets,
+) -> Option<u64> {
+    let cluster = shard.cluster.as_ref()?;
+    if !targets.has_nodes() {
+        return None;
+    }
+    let qos = message.qos;
+    while cluster.in_flight.get() >= SEND_IN_FLIGHT_MAX {
+        if qos == QoS::AtMostOnce {
+            cluster
+                .node
+                .metrics
+                .messages_dropped_in_flight_full
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // Backpressure: this publisher is not read until Kafka takes some.
+        cluster.room.wait(Duration::from_millis(100)).await;
+    }
+    let now = Instant::now();
+    let mut properties = message.properties.clone();
+    if let Some(at) = message.expires_at {
+        // What is left of the Message Expiry Interval, rounded up [MQTT-3.3.2-6].
+        let left = at.saturating_duration_since(now);
+        if left.is_zero() {
+            return None;
+        }
+        properties.message_expiry_interval_secs =
+            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
+    }
+    let envelope = Envelope {
+        node: cluster.node.name.clone(),
+        publisher: message.publisher.clone(),
+        ordinary: targets.nodes_ordinary,
+        shared: (targets.nodes_shared.iter())
+            .map(|(group, node)| (group.clone(), node.to_string()))
+            .collect(),
+        topic: message.topic.clone(),
+        qos,
+        retain: message.retain,
+        properties,
+        payload: message.payload.clone(),
+    }
+    .encode();
+    // One publisher's messages share a partition: their order holds for every subscriber.
+    let key = if message.publisher.is_empty() {
+        message.topic.as_bytes()
+    } else {
+        message.publisher.as_bytes()
+    };
+    let ticket = cluster.next_ticket.get();
+    cluster.next_ticket.set(ticket + 1);
+    loop {
+        match cluster.node.send_message(shard.id, ticket, key, &envelope) {
+            Ok(()) => break,
+            Err(NotSent::Full) if qos != QoS::AtMostOnce => {
+                runtime::sleep(Duration::from_millis(1)).await;
+            }
+            Err(NotSent::Full) => {
+                cluster
+                    .node
+                    .metrics
+                    .messages_dropped_in_flight_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(NotSent::Failed(error)) => {
+                tracing::warn!("cluster: a message for other nodes was not sent: {error}");
+                cluster
+                    .node
+                    .metrics
+                    .messages_send_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    cluster.in_flight.set(cluster.in_flight.get() + 1);
+    (qos != QoS::AtMostOnce).then_some(ticket)
+}
+
+/// A retained message set or cleared on this node: every node keeps it (state topic).
+pub fn share_retained(shard: &ShardContext, message: &Message) {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    let key = format!("r/{}", message.topic);
+    if message.payload.is_empty() {
+        cluster.node.send_state(&key, None);
+        return;
+    }
+    let envelope = Envelope {
+        node: cluster.node.name.clone(),
+        publisher: message.publisher.clone(),
+        ordinary: false,
+        shared: Vec::new(),
+        topic: message.topic.clone(),
+        qos: message.qos,
+        retain: true,
+        properties: message.properties.clone(),
+        payload: message.payload.clone(),
+    };
+    cluster.node.send_state(&key, Some(&envelope.encode()));
+}
+
+/// This shard's interest changed: the other nodes must know (state topic).
+pub fn share_interest(shard: &ShardContext, changes: &[InterestChange]) {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    for change in changes {
+        let key = cluster.node.interest_key(shard.id, &change.filter);
+        let value: Option<&[u8]> = change.added.then_some(b"1");
+        cluster.node.send_state(&key, value);
+    }
+}
