@@ -67,6 +67,23 @@ impl ShardCluster {
         })
     }
 
+    /// A ticket and a place among the records in flight, waiting for one while all are
+    /// taken (backpressure: the publisher is not read meanwhile).
+    async fn reserve(&self) -> Option<u64> {
+        while self.in_flight.get() >= SEND_IN_FLIGHT_MAX {
+            self.room.wait(Duration::from_millis(100)).await;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        Some(ticket)
+    }
+
+    /// Gives back a place taken by [`ShardCluster::reserve`] for a record never sent.
+    fn release(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+    }
+
     /// Records in flight to the messages topic, for the gauges.
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
@@ -164,24 +181,22 @@ pub async fn send_to_nodes(
         return None;
     }
     let qos = message.qos;
-    while cluster.in_flight.get() >= SEND_IN_FLIGHT_MAX {
-        if qos == QoS::AtMostOnce {
-            cluster
-                .node
-                .metrics
-                .messages_dropped_in_flight_full
-                .fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        // Backpressure: this publisher is not read until Kafka takes some.
-        cluster.room.wait(Duration::from_millis(100)).await;
+    if qos == QoS::AtMostOnce && cluster.in_flight.get() >= SEND_IN_FLIGHT_MAX {
+        cluster
+            .node
+            .metrics
+            .messages_dropped_in_flight_full
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
     }
+    let ticket = cluster.reserve().await?;
     let now = Instant::now();
     let mut properties = message.properties.clone();
     if let Some(at) = message.expires_at {
         // What is left of the Message Expiry Interval, rounded up [MQTT-3.3.2-6].
         let left = at.saturating_duration_since(now);
         if left.is_zero() {
+            cluster.release();
             return None;
         }
         properties.message_expiry_interval_secs =
@@ -207,8 +222,6 @@ pub async fn send_to_nodes(
     } else {
         message.publisher.as_bytes()
     };
-    let ticket = cluster.next_ticket.get();
-    cluster.next_ticket.set(ticket + 1);
     loop {
         match cluster.node.send_message(shard.id, ticket, key, &envelope) {
             Ok(()) => break,
@@ -221,6 +234,7 @@ pub async fn send_to_nodes(
                     .metrics
                     .messages_dropped_in_flight_full
                     .fetch_add(1, Ordering::Relaxed);
+                cluster.release();
                 return None;
             }
             Err(NotSent::Failed(error)) => {
@@ -230,23 +244,29 @@ pub async fn send_to_nodes(
                     .metrics
                     .messages_send_failed
                     .fetch_add(1, Ordering::Relaxed);
+                cluster.release();
                 return None;
             }
         }
     }
-    cluster.in_flight.set(cluster.in_flight.get() + 1);
     (qos != QoS::AtMostOnce).then_some(ticket)
 }
 
 /// A retained message set or cleared on this node: every node keeps it (state topic).
-pub fn share_retained(shard: &ShardContext, message: &Message) {
-    let Some(cluster) = shard.cluster.as_ref() else {
-        return;
+/// Returns the ticket a QoS 1/2 publisher's acknowledgement waits for: a retained message
+/// acknowledged is in Kafka, and outlives the node.
+pub async fn share_retained(shard: &ShardContext, message: &Message) -> Option<u64> {
+    let cluster = shard.cluster.as_ref()?;
+    let ticket = if message.qos == QoS::AtMostOnce {
+        None
+    } else {
+        cluster.reserve().await
     };
     let key = format!("r/{}", message.topic);
+    let (shard_id, number) = ticket.map_or((usize::MAX, 0), |t| (shard.id, t));
     if message.payload.is_empty() {
-        cluster.node.send_state(&key, None);
-        return;
+        cluster.node.send_state_for(shard_id, number, &key, None);
+        return ticket;
     }
     let envelope = Envelope {
         node: cluster.node.name.clone(),
@@ -259,7 +279,11 @@ pub fn share_retained(shard: &ShardContext, message: &Message) {
         properties: message.properties.clone(),
         payload: message.payload.clone(),
     };
-    cluster.node.send_state(&key, Some(&envelope.encode()));
+    let value = envelope.encode();
+    cluster
+        .node
+        .send_state_for(shard_id, number, &key, Some(&value));
+    ticket
 }
 
 /// This shard's interest changed: the other nodes must know (state topic).

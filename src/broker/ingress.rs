@@ -78,7 +78,11 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
     // a mapping wrote it to Kafka on the node it was published on.
     let from_node = cross_node.is_some();
     if message.retain && !from_node {
-        cluster::share_retained(shard, &message);
+        if let Some(ticket) = cluster::share_retained(shard, &message).await {
+            if let Some(cluster) = &shard.cluster {
+                cluster.wait_for(ticket, Waiter::Source(receipt.share()));
+            }
+        }
         shard.state.borrow_mut().set_retained(&message);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let _ = shard

@@ -121,7 +121,7 @@ impl Link {
             }
         }
         if admission.to_subscribers() {
-            if let Some(ticket) = router::publish(&self.shard, message).await {
+            for ticket in router::publish(&self.shard, message).await {
                 // Subscribers on other nodes: it waits for the messages topic too.
                 let ack = self.deferred(&mut deferred, packet_id, qos);
                 if let Some(cluster) = &self.shard.cluster {

@@ -13,9 +13,10 @@ use super::shard_message::ShardMessage;
 use crate::runtime::Signal;
 
 /// Routes `message`, published by a client of this shard (or as a will, or `$SYS`).
-/// Returns the ticket of its record for other nodes of the cluster, when a QoS 1/2
-/// publisher's acknowledgement must wait for it.
-pub async fn publish(shard: &ShardRef, message: Message) -> Option<u64> {
+/// Returns the tickets of its cluster records (for other nodes, a retained message) that a
+/// QoS 1/2 publisher's acknowledgement must wait for.
+pub async fn publish(shard: &ShardRef, message: Message) -> Vec<u64> {
+    let mut tickets = Vec::new();
     let message = Rc::new(message);
     let now = Instant::now();
     let targets = {
@@ -26,7 +27,7 @@ pub async fn publish(shard: &ShardRef, message: Message) -> Option<u64> {
         state.route(&message, now)
     };
     if message.retain {
-        cluster::share_retained(shard, &message);
+        tickets.extend(cluster::share_retained(shard, &message).await);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let _ = shard
                 .senders
@@ -34,7 +35,7 @@ pub async fn publish(shard: &ShardRef, message: Message) -> Option<u64> {
                 .await;
         }
     }
-    let ticket = cluster::send_to_nodes(shard, &message, &targets).await;
+    tickets.extend(cluster::send_to_nodes(shard, &message, &targets).await);
     for target in targets.shards {
         let _ = shard
             .senders
@@ -49,7 +50,7 @@ pub async fn publish(shard: &ShardRef, message: Message) -> Option<u64> {
             .await;
     }
     slow_down_for(shard, targets.congested).await;
-    ticket
+    tickets
 }
 
 /// Longest a publisher is held back for slow subscribers on its shard.

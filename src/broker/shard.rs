@@ -121,9 +121,8 @@ pub struct Shard {
     remote_interest: SubscriptionTree<NodeId, ()>,
     /// Names of the other nodes, by id.
     node_names: Vec<Arc<str>>,
-    /// Shared groups with members here and on other nodes: whether the next message goes
-    /// to another node (they alternate).
-    shared_turns: HashMap<String, bool>,
+    /// Shared groups with members here and on other nodes: whose turn is next.
+    shared_turns: HashMap<String, remote::SharedTurns>,
 }
 
 mod access;

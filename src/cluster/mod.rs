@@ -125,8 +125,15 @@ impl ShardLink {
     }
 }
 
-/// The opaque a record carries through the producer: the shard and the ticket, or none
-/// for state records.
+/// What a record carries through the producer: the shard and ticket its report goes to
+/// (shard [`NO_SHARD`]: nobody waits), and which topic it is for.
+pub struct Opaque {
+    shard: usize,
+    ticket: u64,
+    state: bool,
+}
+
+/// The shard of a record nobody waits for.
 const NO_SHARD: usize = usize::MAX;
 
 struct ProducerReports {
@@ -137,23 +144,25 @@ struct ProducerReports {
 impl ClientContext for ProducerReports {}
 
 impl ProducerContext for ProducerReports {
-    type DeliveryOpaque = Box<(usize, u64)>;
+    type DeliveryOpaque = Box<Opaque>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<(usize, u64)>) {
-        let (shard, ticket) = *opaque;
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Opaque>) {
+        let Opaque {
+            shard,
+            ticket,
+            state,
+        } = *opaque;
         let stored = result.is_ok();
-        if shard == NO_SHARD {
-            if !stored {
-                self.metrics
-                    .state_send_failed
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
         if !stored {
-            self.metrics
-                .messages_send_failed
-                .fetch_add(1, Ordering::Relaxed);
+            let failed = if state {
+                &self.metrics.state_send_failed
+            } else {
+                &self.metrics.messages_send_failed
+            };
+            failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if shard == NO_SHARD {
+            return;
         }
         let link = &self.links[shard];
         // Room is guaranteed: the shard keeps at most SEND_IN_FLIGHT_MAX in flight.
@@ -171,6 +180,8 @@ pub struct Node {
     pub messages_topic: String,
     pub state_topic: String,
     producer: ThreadedProducer<ProducerReports>,
+    /// The shards' links, for reports of records that never reached the producer.
+    links: Vec<Arc<ShardLink>>,
     pub metrics: Arc<ClusterMetrics>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     state_reader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -195,7 +206,12 @@ impl Node {
         key: &[u8],
         value: &Bytes,
     ) -> Result<(), NotSent> {
-        let record = BaseRecord::with_opaque_to(&self.messages_topic, Box::new((shard, ticket)))
+        let opaque = Box::new(Opaque {
+            shard,
+            ticket,
+            state: false,
+        });
+        let record = BaseRecord::with_opaque_to(&self.messages_topic, opaque)
             .key(key)
             .payload(value.as_ref());
         match self.producer.send(record) {
@@ -212,12 +228,21 @@ impl Node {
 
     /// Writes a record of the state topic (`value` None: a tombstone); nobody waits for it.
     pub fn send_state(&self, key: &str, value: Option<&[u8]>) {
-        let mut record = BaseRecord::with_opaque_to(&self.state_topic, Box::new((NO_SHARD, 0)))
-            .key(key.as_bytes());
+        self.send_state_for(NO_SHARD, 0, key, value);
+    }
+
+    /// [`Node::send_state`], with `ticket` coming back to `shard` in a [`Completion`] once
+    /// Kafka has the record (or lost it).
+    pub fn send_state_for(&self, shard: usize, ticket: u64, key: &str, value: Option<&[u8]>) {
+        let opaque = Box::new(Opaque {
+            shard,
+            ticket,
+            state: true,
+        });
+        let mut record = BaseRecord::with_opaque_to(&self.state_topic, opaque).key(key.as_bytes());
         if let Some(value) = value {
             record = record.payload(value);
         }
-        let mut record = record;
         // State records are few (a subscription's first and last, retained messages):
         // wait for room rather than lose one.
         for _ in 0..1000 {
@@ -227,10 +252,7 @@ impl Node {
                     if error.rdkafka_error_code()
                         != Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
                     {
-                        self.metrics
-                            .state_send_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(key, "cluster: state record not sent: {error}");
+                        self.state_not_sent(shard, ticket, key, &error.to_string());
                         return;
                     }
                     record = back;
@@ -238,9 +260,23 @@ impl Node {
                 }
             }
         }
+        self.state_not_sent(shard, ticket, key, "librdkafka's queue stayed full");
+    }
+
+    /// A state record that never reached the producer: counted, and its waiter told.
+    fn state_not_sent(&self, shard: usize, ticket: u64, key: &str, error: &str) {
         self.metrics
             .state_send_failed
             .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(key, "cluster: state record not sent: {error}");
+        if shard != NO_SHARD {
+            let link = &self.links[shard];
+            let _ = link.completions.push(Completion {
+                ticket,
+                stored: false,
+            });
+            link.wake.wake();
+        }
     }
 
     /// The key of a shard's interest in `filter`.
@@ -374,6 +410,7 @@ pub fn start(config: &Config, shard_count: usize) -> Result<Option<Started>, Str
         messages_topic,
         state_topic,
         producer,
+        links: links.iter().map(|(link, _)| link.clone()).collect(),
         metrics,
         stop: stop.clone(),
         state_reader: std::sync::Mutex::new(None),

@@ -9,6 +9,15 @@ use crate::topic::Match;
 
 use super::{LocalTargets, RemoteTargets, Shard};
 
+/// Whose turn it is in a shared group with members on this node and on others.
+#[derive(Debug, Default)]
+pub struct SharedTurns {
+    /// Other nodes seen with members of the group.
+    nodes: std::collections::HashSet<NodeId>,
+    /// 0: this node's turn; 1..=nodes: another node's (the one the trie picks).
+    next: usize,
+}
+
 impl Shard {
     /// Node `node` (named `name`) now has, or no longer has, subscribers for `filter`.
     pub fn apply_node_interest(
@@ -35,8 +44,8 @@ impl Shard {
     }
 
     /// Adds the other nodes that want a message on `topic` to `targets`. A shared group
-    /// with members here and elsewhere alternates between this node's choice and another
-    /// node's: one member in the whole cluster gets each message. `$` topics (`$SYS`) are
+    /// with members here and elsewhere gives this node one turn in every `1 + other nodes`:
+    /// one member in the whole cluster gets each message. `$` topics (`$SYS`) are
     /// each node's own and stay on it.
     pub(super) fn add_nodes(
         &mut self,
@@ -58,9 +67,13 @@ impl Shard {
             let here = local.shared_groups.contains(&group)
                 || targets.shared.iter().any(|(_, g)| *g == group);
             if here {
-                let turn = self.shared_turns.entry(group.clone()).or_insert(false);
-                *turn = !*turn;
-                if !*turn {
+                // One turn for this node, one for each other node seen with members: the
+                // trie picks the next node on every walk, so a fixed alternation would
+                // always skip the same ones.
+                let turns = self.shared_turns.entry(group.clone()).or_default();
+                turns.nodes.insert(node);
+                turns.next = (turns.next + 1) % (turns.nodes.len() + 1);
+                if turns.next == 0 {
                     continue;
                 }
                 local.shared_groups.retain(|g| *g != group);
