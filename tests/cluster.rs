@@ -235,3 +235,112 @@ fn clients_spread_by_haproxy_reach_each_other() {
     }
     cluster.wait_members(3);
 }
+
+/// A persistent session follows its client round-robin through HAProxy, to another node on
+/// every reconnect: its subscription stays, and what was published while it was away
+/// comes with it, in order [MQTT-3.1.2-4], [MQTT-3.2.2-2], [MQTT-4.6.0-6].
+#[test]
+fn a_session_follows_its_client_from_node_to_node_and_misses_nothing() {
+    let cluster = Cluster::start(3);
+    let haproxy = Haproxy::start(&[cluster.port(0), cluster.port(1), cluster.port(2)]);
+    let persistent = || {
+        let mut options = options5(haproxy.port, "roamer");
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(300));
+        options
+    };
+    let mut device = connect5_with(persistent());
+    assert!(!device.connack.session_present);
+    device.client.subscribe("roam/#", QoS::AtLeastOnce).unwrap();
+    device.wait_suback();
+    let mut publisher = connect5_with(options5(cluster.port(0), "roam-pub"));
+    let mut sent = 0;
+    for round in 0..6 {
+        // Wherever the session is, node 0 must know it before publishing to it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.metric(0, "remote_filters") + node0_local(&cluster) != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: interest not settled"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        device.disconnect();
+        for _ in 0..10 {
+            publisher
+                .client
+                .publish("roam/x", QoS::AtLeastOnce, false, format!("m{sent}"))
+                .unwrap();
+            publisher.wait_acked(1);
+            sent += 1;
+        }
+        device = connect5_with(persistent());
+        assert!(
+            device.connack.session_present,
+            "round {round}: [MQTT-3.2.2-2]"
+        );
+        let mut got: Vec<String> = Vec::new();
+        while got.len() < 10 {
+            let publish = device.publish();
+            let text = payload(&publish);
+            // QoS 1 may repeat one [MQTT-4.3.2]; never lose or reorder.
+            if got.last() != Some(&text) {
+                got.push(text);
+            }
+        }
+        let expected: Vec<String> = (sent - 10..sent).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, expected, "round {round}");
+    }
+    let moved: u64 = (0..3)
+        .map(|node| cluster.metric(node, "sessions_moved_in_total"))
+        .sum();
+    assert!(moved >= 5, "sessions moved: {moved}");
+}
+
+/// Whether node 0 itself holds a session subscribed to `roam/#` (then no other node is
+/// meant to).
+fn node0_local(cluster: &Cluster) -> u64 {
+    let body = common::metrics::http_get(cluster.nodes[0].metrics_port, "/metrics");
+    common::metrics::metric(&body, "subscriptions")
+        .unwrap_or(0)
+        .min(1)
+}
+
+/// [MQTT-3.1.4-3]: one connection per client id in the whole cluster. A CONNECT on node 1
+/// closes the connection of the same client id on node 0 with DISCONNECT 0x8E within a
+/// second, and its will goes out [MQTT-3.1.2-8].
+#[test]
+fn a_client_id_connected_on_one_node_is_taken_over_from_another() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill};
+    use rumqttc::v5::{ConnectionError, StateError};
+    let cluster = Cluster::start(3);
+    let mut watcher = subscriber(cluster.port(2), "to-watcher", "to/#", 1);
+    cluster.wait_remote_filters(0, 1);
+    let mut options = options5(cluster.port(0), "twin");
+    options.set_last_will(LastWill::new(
+        "to/will",
+        "taken",
+        QoS::AtLeastOnce,
+        false,
+        None,
+    ));
+    let mut old = connect5_with(options);
+    let started = Instant::now();
+    let new = connect5_with(options5(cluster.port(1), "twin"));
+    let closed = old.closed();
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            &closed,
+            ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code: DisconnectReasonCode::SessionTakenOver,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    assert!(watcher.got("taken", Duration::from_secs(10)));
+    assert!(!new.connack.session_present);
+}

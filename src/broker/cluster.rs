@@ -10,17 +10,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::bridge::source::Receipt;
 use crate::cluster::{
     Envelope, Node, NotSent, ShardLink, StateSnapshot, Update, SEND_IN_FLIGHT_MAX,
 };
-use crate::protocol::{QoS, ReasonCode};
+use crate::protocol::{MqttStr, QoS, ReasonCode};
 use crate::runtime::{self, WaitList, WakeEnd};
 
 use super::context::{DeferredAck, ShardContext, ShardRef};
 use super::message::Message;
 use super::publish::{settle_deferred, Verdict};
-use super::shard::{InterestChange, RemoteTargets};
+use super::router;
+use super::shard::{shard_for, InterestChange, RemoteTargets};
 
 /// What waits for a record of the messages topic.
 pub enum Waiter {
@@ -40,6 +43,9 @@ pub struct ShardCluster {
     waiting: RefCell<HashMap<u64, Waiter>>,
     /// Publishers waiting for room among the records in flight.
     room: WaitList,
+    /// CONNECTs waiting for another node to hand their session over, by client id.
+    handovers: RefCell<HashMap<MqttStr, PendingHandover>>,
+    handover_arrived: WaitList,
 }
 
 impl ShardCluster {
@@ -51,6 +57,8 @@ impl ShardCluster {
             in_flight: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
             room: WaitList::default(),
+            handovers: RefCell::new(HashMap::new()),
+            handover_arrived: WaitList::default(),
         }
     }
 
@@ -149,6 +157,7 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
             cluster.room.wake_all();
         }
         let now = Instant::now();
+        let mut taken_over = Vec::new();
         while let Some(update) = cluster.link.pop_update() {
             let mut state = shard.state.borrow_mut();
             match update {
@@ -161,7 +170,35 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
                 Update::Retained(envelope) => {
                     state.set_retained(&Rc::new(message_of(*envelope, now)));
                 }
+                Update::TakenOver {
+                    client,
+                    to,
+                    generation,
+                    clean,
+                } => {
+                    let client = MqttStr::from(client.as_str());
+                    if shard_for(client.as_bytes(), shard.count) == shard.id {
+                        taken_over.push((client, to, generation, clean));
+                    }
+                }
+                Update::HandedOver {
+                    client,
+                    generation,
+                    session,
+                } => {
+                    let client = MqttStr::from(client.as_str());
+                    let mut handovers = cluster.handovers.borrow_mut();
+                    if let Some(pending) = handovers.get_mut(&client) {
+                        if pending.generation == generation {
+                            pending.session = Some(session);
+                            cluster.handover_arrived.wake_all();
+                        }
+                    }
+                }
             }
+        }
+        for (client, to, generation, clean) in taken_over {
+            runtime::spawn(give_up(shard.clone(), client, to, generation, clean));
         }
         if !woken.wait().await {
             return;
@@ -295,5 +332,124 @@ pub fn share_interest(shard: &ShardContext, changes: &[InterestChange]) {
         let key = cluster.node.interest_key(shard.id, &change.filter);
         let value: Option<&[u8]> = change.added.then_some(b"1");
         cluster.node.send_state(&key, value);
+    }
+}
+
+/// How long a CONNECT waits for the node that had its session to hand it over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A CONNECT on this node: the session becomes this node's in the whole cluster (its
+/// owner record), and the node that had it closes the old connection. Unless Clean Start,
+/// that node hands the session over and it is installed here before the CONNACK.
+pub async fn claim_session(shard: &ShardRef, client_id: &MqttStr, clean_start: bool) {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    let node = &cluster.node;
+    let generation = node.next_generation();
+    let Some(previous) = node.claim(client_id.as_str(), generation, clean_start) else {
+        return;
+    };
+    if previous.node == node.name || clean_start || !node.is_alive(&previous.node) {
+        return;
+    }
+    cluster.handovers.borrow_mut().insert(
+        client_id.clone(),
+        PendingHandover {
+            generation,
+            session: None,
+        },
+    );
+    let deadline = Instant::now() + HANDOVER_WAIT;
+    let session = loop {
+        let arrived = cluster
+            .handovers
+            .borrow_mut()
+            .get_mut(client_id)
+            .and_then(|pending| pending.session.take());
+        if arrived.is_some() {
+            break arrived;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break None;
+        }
+        cluster.handover_arrived.wait(left).await;
+    };
+    cluster.handovers.borrow_mut().remove(client_id);
+    let metrics = &node.metrics;
+    let Some(session) = session else {
+        metrics.handover_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            client_id = %client_id,
+            node = %previous.node,
+            "client {client_id}: node {} did not hand its session over within {}s; it starts afresh",
+            previous.node,
+            HANDOVER_WAIT.as_secs()
+        );
+        return;
+    };
+    node.handed_over(client_id.as_str());
+    if session.is_empty() {
+        return;
+    }
+    let installed = shard
+        .state
+        .borrow_mut()
+        .install_session(client_id, &session, Instant::now());
+    match installed {
+        Ok(changes) => {
+            metrics.sessions_moved_in.fetch_add(1, Ordering::Relaxed);
+            router::announce_interest(shard, changes, true).await;
+        }
+        Err(error) => tracing::warn!(client_id = %client_id, "client {client_id}: {error}"),
+    }
+}
+
+/// A session handed over, waiting for the CONNECT that asked for it.
+pub struct PendingHandover {
+    generation: u64,
+    session: Option<Bytes>,
+}
+
+/// The connection of `client_id` ended or its session expired here: if the session is
+/// gone, nobody in the cluster owns it any more (unless another node took it meanwhile).
+pub fn session_closed(shard: &ShardContext, client_id: &MqttStr) {
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    if !shard.state.borrow().has_session(client_id) {
+        cluster.node.release(client_id.as_str());
+    }
+}
+
+/// Another node took a client whose session this shard has: the connection closes with
+/// 0x8E, its will goes if due, and (unless the new connection starts clean) the session
+/// is handed over to that node.
+async fn give_up(shard: ShardRef, client: MqttStr, to: String, generation: u64, clean: bool) {
+    let given = shard
+        .state
+        .borrow_mut()
+        .give_up_session(&client, clean, Instant::now());
+    let Some(cluster) = shard.cluster.as_ref() else {
+        return;
+    };
+    if !clean {
+        let session = given.session.clone().unwrap_or_default();
+        if given.session.is_some() {
+            cluster
+                .node
+                .metrics
+                .sessions_moved_out
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        cluster
+            .node
+            .hand_over(client.as_str(), &to, generation, &session);
+    }
+    shard.ease_congestion();
+    router::announce_interest(&shard, given.interest_changes, false).await;
+    if let Some(will) = given.will_now {
+        router::publish(&shard, will).await;
     }
 }

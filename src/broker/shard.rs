@@ -127,9 +127,11 @@ pub struct Shard {
 
 mod access;
 mod delivery;
+mod handover;
 mod remote;
 mod source;
 
+pub use handover::GivenUp;
 pub use source::SourceRouting;
 
 impl Shard {
@@ -619,6 +621,10 @@ impl Shard {
             .values()
             .filter_map(|s| s.connection.clone())
             .collect()
+    }
+
+    pub fn has_session(&self, client_id: &MqttStr) -> bool {
+        self.sessions.contains_key(client_id)
     }
 
     pub fn session_count(&self) -> usize {

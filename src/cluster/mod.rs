@@ -21,8 +21,9 @@ mod admin;
 pub mod envelope;
 mod state;
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -57,7 +58,7 @@ pub const SHARD_UPDATES_MAX: usize = 4096;
 pub type NodeId = usize;
 
 /// A change the state topic brought, for every shard.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Update {
     /// A shard of `node` now has (or no longer has) subscribers for `filter`; sent when the
     /// first shard of the node gains one and when its last loses it.
@@ -69,6 +70,54 @@ pub enum Update {
     },
     /// The retained message of a topic, set or (empty payload) cleared.
     Retained(Box<Envelope>),
+    /// Client `client`, whose session this node owned, connected to node `to`: close its
+    /// connection here (DISCONNECT 0x8E) and, unless `clean`, hand its session over.
+    TakenOver {
+        client: String,
+        to: String,
+        generation: u64,
+        clean: bool,
+    },
+    /// The session of `client` handed over to this node for its connection `generation`
+    /// (empty: the old node had none).
+    HandedOver {
+        client: String,
+        generation: u64,
+        session: Bytes,
+    },
+}
+
+/// The node that owns a client id's session, as the state topic last said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    /// Unique per connection in the cluster (see [`Node::next_generation`]).
+    pub generation: u64,
+}
+
+impl Owner {
+    /// The record value: `NODE GENERATION CLEAN`.
+    fn encode(&self, clean: bool) -> String {
+        format!("{} {} {}", self.node, self.generation, u8::from(clean))
+    }
+
+    fn decode(value: &[u8]) -> Option<(Owner, bool)> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.split(' ');
+        let node = parts.next()?.to_string();
+        let generation = parts.next()?.parse().ok()?;
+        let clean = parts.next()? == "1";
+        Some((Owner { node, generation }, clean))
+    }
+}
+
+/// What the state reader learned that the shards look up: who owns each session in the
+/// cluster and when each node was last heard of.
+#[derive(Default)]
+pub struct Directory {
+    pub owners: HashMap<String, Owner>,
+    /// Per node, its last heartbeat (its clock, ms since the epoch).
+    pub heartbeats: HashMap<String, i64>,
 }
 
 /// A record of the messages topic that Kafka took or refused.
@@ -183,6 +232,9 @@ pub struct Node {
     /// The shards' links, for reports of records that never reached the producer.
     links: Vec<Arc<ShardLink>>,
     pub metrics: Arc<ClusterMetrics>,
+    /// Filled by the state reader; read on CONNECT.
+    pub directory: Arc<Mutex<Directory>>,
+    next_generation: AtomicU64,
     stop: Arc<std::sync::atomic::AtomicBool>,
     state_reader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -277,6 +329,80 @@ impl Node {
             });
             link.wake.wake();
         }
+    }
+
+    /// A generation no other connection in the cluster has: this run's incarnation in the
+    /// high bits.
+    pub fn next_generation(&self) -> u64 {
+        (self.incarnation << 20) + self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Who owns `client`'s session, as far as this node knows.
+    pub fn owner_of(&self, client: &str) -> Option<Owner> {
+        self.directory
+            .lock()
+            .expect("directory")
+            .owners
+            .get(client)
+            .cloned()
+    }
+
+    /// Whether `node` sent a heartbeat recently.
+    pub fn is_alive(&self, node: &str) -> bool {
+        let heard = self
+            .directory
+            .lock()
+            .expect("directory")
+            .heartbeats
+            .get(node)
+            .copied();
+        heard.is_some_and(|at| unix_ms() - at < state::MEMBER_TIMEOUT_MS)
+    }
+
+    /// This node takes `client`'s session for connection `generation` (`clean`: without
+    /// what it had). Returns the owner before.
+    pub fn claim(&self, client: &str, generation: u64, clean: bool) -> Option<Owner> {
+        let owner = Owner {
+            node: self.name.clone(),
+            generation,
+        };
+        self.send_state(&format!("s/{client}"), Some(owner.encode(clean).as_bytes()));
+        self.directory
+            .lock()
+            .expect("directory")
+            .owners
+            .insert(client.to_string(), owner)
+    }
+
+    /// `client`'s session ended here: unless another node took it meanwhile, nobody owns it.
+    pub fn release(&self, client: &str) {
+        let mine = {
+            let mut directory = self.directory.lock().expect("directory");
+            match directory.owners.get(client) {
+                Some(owner) if owner.node == self.name => {
+                    directory.owners.remove(client);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if mine {
+            self.send_state(&format!("s/{client}"), None);
+        }
+    }
+
+    /// Hands `client`'s session (encoded; empty: none) to `to` for its connection
+    /// `generation`.
+    pub fn hand_over(&self, client: &str, to: &str, generation: u64, session: &[u8]) {
+        let mut value = Vec::with_capacity(session.len() + to.len() + 24);
+        value.extend_from_slice(format!("{to} {generation} ").as_bytes());
+        value.extend_from_slice(session);
+        self.send_state(&format!("h/{client}"), Some(&value));
+    }
+
+    /// The hand-over of `client` arrived: its record can go.
+    pub fn handed_over(&self, client: &str) {
+        self.send_state(&format!("h/{client}"), None);
     }
 
     /// The key of a shard's interest in `filter`.
@@ -412,6 +538,8 @@ pub fn start(config: &Config, shard_count: usize) -> Result<Option<Started>, Str
         producer,
         links: links.iter().map(|(link, _)| link.clone()).collect(),
         metrics,
+        directory: Arc::new(Mutex::new(Directory::default())),
+        next_generation: AtomicU64::new(1),
         stop: stop.clone(),
         state_reader: std::sync::Mutex::new(None),
     });

@@ -19,7 +19,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{unix_ms, Envelope, Node, NodeId, ShardLink, Update};
+use std::sync::Mutex;
+
+use super::{unix_ms, Directory, Envelope, Node, NodeId, Owner, ShardLink, Update};
 
 /// How long start-up waits for the state topic to be read.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
@@ -47,11 +49,15 @@ struct Tables {
     node_filters: HashMap<(NodeId, String), u32>,
     /// Topics with a retained message.
     retained: HashSet<String>,
-    /// Per node: the time of its last heartbeat (its clock, ms since the epoch).
-    heartbeats: HashMap<String, i64>,
+    /// Session owners and heartbeats, shared with the shards.
+    directory: Arc<Mutex<Directory>>,
+    /// This run's incarnation: session records of this node with another are stale.
+    incarnation: u64,
     /// This node's interest keys left by an earlier run (they are cleared after catch-up:
     /// the sessions they stood for did not survive it).
     own_stale: HashSet<String>,
+    /// Client ids whose sessions this node owned in an earlier run (cleared likewise).
+    own_stale_sessions: HashSet<String>,
 }
 
 impl Tables {
@@ -126,21 +132,74 @@ impl Tables {
                 }
             })));
         }
+        if let Some(client) = key.strip_prefix("s/") {
+            return self.apply_owner(client, value, caught_up);
+        }
+        if let Some(client) = key.strip_prefix("h/") {
+            let value = value?;
+            if !caught_up {
+                return None;
+            }
+            let mut parts = value.splitn(3, |b| *b == b' ');
+            let to = std::str::from_utf8(parts.next()?).ok()?;
+            let generation = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+            let session = parts.next().unwrap_or_default();
+            return (to == self.own).then(|| Update::HandedOver {
+                client: client.to_string(),
+                generation,
+                session: bytes::Bytes::copy_from_slice(session),
+            });
+        }
         if let Some(node) = key.strip_prefix("n/") {
-            match value
+            let heard = value
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|text| text.split(' ').nth(1))
-                .and_then(|ms| ms.parse::<i64>().ok())
-            {
-                Some(at) => self.heartbeats.insert(node.to_string(), at),
-                None => self.heartbeats.remove(node),
+                .and_then(|ms| ms.parse::<i64>().ok());
+            let mut directory = self.directory.lock().expect("directory");
+            match heard {
+                Some(at) => directory.heartbeats.insert(node.to_string(), at),
+                None => directory.heartbeats.remove(node),
             };
         }
         None
     }
 
+    /// A session's owner changed (`value` None: the session ended). When another node took
+    /// one this node owned, the shards must give it up.
+    fn apply_owner(
+        &mut self,
+        client: &str,
+        value: Option<&[u8]>,
+        caught_up: bool,
+    ) -> Option<Update> {
+        let mut directory = self.directory.lock().expect("directory");
+        let Some((owner, clean)) = value.and_then(Owner::decode) else {
+            directory.owners.remove(client);
+            self.own_stale_sessions.remove(client);
+            return None;
+        };
+        let taken = owner.node != self.own;
+        let previous = directory.owners.insert(client.to_string(), owner.clone());
+        if !caught_up {
+            if !taken && owner.generation >> 20 != self.incarnation {
+                self.own_stale_sessions.insert(client.to_string());
+            } else {
+                self.own_stale_sessions.remove(client);
+            }
+            return None;
+        }
+        let was_mine = previous.is_some_and(|p| p.node == self.own);
+        (taken && was_mine).then(|| Update::TakenOver {
+            client: client.to_string(),
+            to: owner.node,
+            generation: owner.generation,
+            clean,
+        })
+    }
+
     fn members(&self, now_ms: i64) -> u64 {
-        let others = self
+        let directory = self.directory.lock().expect("directory");
+        let others = directory
             .heartbeats
             .iter()
             .filter(|(node, at)| **node != self.own && now_ms - **at < MEMBER_TIMEOUT_MS)
@@ -246,8 +305,10 @@ fn run(
         interest_keys: HashSet::new(),
         node_filters: HashMap::new(),
         retained: HashSet::new(),
-        heartbeats: HashMap::new(),
+        directory: node.directory.clone(),
+        incarnation: node.incarnation,
         own_stale: HashSet::new(),
+        own_stale_sessions: HashSet::new(),
     };
     let mut retained: HashMap<String, Envelope> = HashMap::new();
     let mut records = 0u64;
@@ -285,6 +346,9 @@ fn run(
     for key in std::mem::take(&mut tables.own_stale) {
         node.send_state(&key, None);
     }
+    for client in std::mem::take(&mut tables.own_stale_sessions) {
+        node.release(&client);
+    }
     let metrics = &node.metrics;
     metrics
         .catch_up_ms
@@ -304,7 +368,11 @@ fn run(
     let heartbeat_key = format!("n/{}", node.name);
     let heartbeat = || format!("{} {}", node.incarnation, unix_ms());
     node.send_state(&heartbeat_key, Some(heartbeat().as_bytes()));
-    tables.heartbeats.insert(node.name.clone(), unix_ms());
+    node.directory
+        .lock()
+        .expect("directory")
+        .heartbeats
+        .insert(node.name.clone(), unix_ms());
     if ready.send(Ok(snapshot)).is_err() {
         return Ok(());
     }
@@ -323,6 +391,10 @@ fn run(
         metrics
             .retained
             .store(tables.retained.len() as u64, Ordering::Relaxed);
+        let sessions = node.directory.lock().expect("directory").owners.len();
+        metrics
+            .sessions_known
+            .store(sessions as u64, Ordering::Relaxed);
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -335,28 +407,10 @@ fn run(
         };
         metrics.state_records.fetch_add(1, Ordering::Relaxed);
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        match tables.apply(&key, message.payload(), true) {
-            Some(Update::Interest {
-                node,
-                node_name,
-                filter,
-                added,
-            }) => {
-                for link in links {
-                    link.push_update(Update::Interest {
-                        node,
-                        node_name: node_name.clone(),
-                        filter: filter.clone(),
-                        added,
-                    });
-                }
+        if let Some(update) = tables.apply(&key, message.payload(), true) {
+            for link in links {
+                link.push_update(update.clone());
             }
-            Some(Update::Retained(envelope)) => {
-                for link in links {
-                    link.push_update(Update::Retained(envelope.clone()));
-                }
-            }
-            None => {}
         }
     }
     Ok(())
@@ -374,8 +428,10 @@ mod tests {
             interest_keys: HashSet::new(),
             node_filters: HashMap::new(),
             retained: HashSet::new(),
-            heartbeats: HashMap::new(),
+            directory: Default::default(),
+            incarnation: 1,
             own_stale: HashSet::new(),
+            own_stale_sessions: HashSet::new(),
         }
     }
 

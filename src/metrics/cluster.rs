@@ -39,6 +39,15 @@ pub struct ClusterMetrics {
     pub catch_up_records: AtomicU64,
     /// Messages from other nodes whose envelope could not be read (counted, skipped).
     pub malformed: AtomicU64,
+    /// Sessions handed over to this node by the node their client was on.
+    pub sessions_moved_in: AtomicU64,
+    /// Sessions this node handed over to another.
+    pub sessions_moved_out: AtomicU64,
+    /// Connections that waited for a hand-over that did not come (the old node died).
+    pub handover_timeouts: AtomicU64,
+    /// Sessions (connected or kept) in the whole cluster, as this node's directory holds
+    /// them: its memory for remote sessions.
+    pub sessions_known: AtomicU64,
     /// From a PUBLISH on another node to its hand-over here (Kafka's record timestamp to
     /// the read), microseconds.
     latency_us: Mutex<Histogram<u64>>,
@@ -61,6 +70,10 @@ impl ClusterMetrics {
             catch_up_ms: AtomicU64::new(0),
             catch_up_records: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            sessions_moved_in: AtomicU64::new(0),
+            sessions_moved_out: AtomicU64::new(0),
+            handover_timeouts: AtomicU64::new(0),
+            sessions_known: AtomicU64::new(0),
             latency_us: Mutex::new(new_latency_histogram()),
         }
     }
@@ -81,7 +94,11 @@ pub fn render(out: &mut String, metrics: Option<&ClusterMetrics>) {
         escape(&m.cluster),
         escape(&m.node)
     );
-    let families: [(&str, &str, &AtomicU64); 13] = [
+    let families: [(&str, &str, &AtomicU64); 17] = [
+        ("sessions_moved_in_total", "counter", &m.sessions_moved_in),
+        ("sessions_moved_out_total", "counter", &m.sessions_moved_out),
+        ("handover_timeouts_total", "counter", &m.handover_timeouts),
+        ("sessions_known", "gauge", &m.sessions_known),
         ("members", "gauge", &m.members),
         ("messages_sent_total", "counter", &m.messages_sent),
         (
