@@ -344,3 +344,28 @@ fn a_client_id_connected_on_one_node_is_taken_over_from_another() {
     assert!(watcher.got("taken", Duration::from_secs(10)));
     assert!(!new.connack.session_present);
 }
+
+/// When a node dies (kill -9), the wills of its connected clients are published by the
+/// cluster [MQTT-3.1.2-8]: the first living node notices the missing heartbeats (10 s)
+/// and publishes them.
+#[test]
+fn the_wills_of_a_dead_nodes_clients_are_published_by_the_cluster() {
+    let mut cluster = Cluster::start(2);
+    let mut listener = subscriber(cluster.port(0), "dead-listener", "dead/#", 1);
+    cluster.wait_remote_filters(1, 1);
+    let mut device = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &cluster.port(1).to_string()])
+        .args(["-i", "dead-device", "-t", "nothing", "-k", "600"])
+        .args(["--will-topic", "dead/device", "--will-payload", "node gone"])
+        .args(["--will-qos", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    cluster.kill9(1);
+    assert!(listener.got("node gone", Duration::from_secs(30)));
+    eprintln!("will published {:?} after the kill", killed.elapsed());
+    let _ = device.kill();
+    let _ = device.wait();
+}

@@ -23,7 +23,7 @@ use super::context::{DeferredAck, ShardContext, ShardRef};
 use super::message::Message;
 use super::publish::{settle_deferred, Verdict};
 use super::router;
-use super::shard::{shard_for, InterestChange, RemoteTargets};
+use super::shard::{shard_for, will_message, InterestChange, RemoteTargets};
 
 /// What waits for a record of the messages topic.
 pub enum Waiter {
@@ -158,6 +158,7 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
         }
         let now = Instant::now();
         let mut taken_over = Vec::new();
+        let mut dead_wills = Vec::new();
         while let Some(update) = cluster.link.pop_update() {
             let mut state = shard.state.borrow_mut();
             match update {
@@ -181,6 +182,10 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
                         taken_over.push((client, to, generation, clean));
                     }
                 }
+                Update::DeadWill(will) => match Envelope::decode(&will) {
+                    Ok(envelope) => dead_wills.push(message_of(envelope, now)),
+                    Err(error) => tracing::warn!("cluster: a will is unreadable: {error}"),
+                },
                 Update::HandedOver {
                     client,
                     generation,
@@ -196,6 +201,12 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
                     }
                 }
             }
+        }
+        for will in dead_wills {
+            let shard = shard.clone();
+            runtime::spawn(async move {
+                router::publish(&shard, will).await;
+            });
         }
         for (client, to, generation, clean) in taken_over {
             runtime::spawn(give_up(shard.clone(), client, to, generation, clean));
@@ -227,32 +238,16 @@ pub async fn send_to_nodes(
         return None;
     }
     let ticket = cluster.reserve().await?;
-    let now = Instant::now();
-    let mut properties = message.properties.clone();
-    if let Some(at) = message.expires_at {
-        // What is left of the Message Expiry Interval, rounded up [MQTT-3.3.2-6].
-        let left = at.saturating_duration_since(now);
-        if left.is_zero() {
-            cluster.release();
-            return None;
-        }
-        properties.message_expiry_interval_secs =
-            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
-    }
-    let envelope = Envelope {
-        node: cluster.node.name.clone(),
-        publisher: message.publisher.clone(),
-        ordinary: targets.nodes_ordinary,
-        shared: (targets.nodes_shared.iter())
-            .map(|(group, node)| (group.clone(), node.to_string()))
-            .collect(),
-        topic: message.topic.clone(),
-        qos,
-        retain: message.retain,
-        properties,
-        payload: message.payload.clone(),
-    }
-    .encode();
+    let Some(mut envelope) = envelope_of(message, &cluster.node.name, Instant::now()) else {
+        // Expired on the way [MQTT-3.3.2-5].
+        cluster.release();
+        return None;
+    };
+    envelope.ordinary = targets.nodes_ordinary;
+    envelope.shared = (targets.nodes_shared.iter())
+        .map(|(group, node)| (group.clone(), node.to_string()))
+        .collect();
+    let envelope = envelope.encode();
     // One publisher's messages share a partition: their order holds for every subscriber.
     let key = if message.publisher.is_empty() {
         message.topic.as_bytes()
@@ -289,6 +284,32 @@ pub async fn send_to_nodes(
     (qos != QoS::AtMostOnce).then_some(ticket)
 }
 
+/// `message` as it crosses to other nodes (for nobody yet: the caller says who), its
+/// Message Expiry Interval what is left of it [MQTT-3.3.2-6]; None once expired.
+fn envelope_of(message: &Message, node: &str, now: Instant) -> Option<Envelope> {
+    let mut properties = message.properties.clone();
+    if let Some(at) = message.expires_at {
+        let left = at.saturating_duration_since(now);
+        if left.is_zero() {
+            return None;
+        }
+        // Rounded up: a message with time left never goes as "0 seconds".
+        properties.message_expiry_interval_secs =
+            Some(left.as_secs() as u32 + u32::from(left.subsec_nanos() > 0));
+    }
+    Some(Envelope {
+        node: node.to_string(),
+        publisher: message.publisher.clone(),
+        ordinary: false,
+        shared: Vec::new(),
+        topic: message.topic.clone(),
+        qos: message.qos,
+        retain: message.retain,
+        properties,
+        payload: message.payload.clone(),
+    })
+}
+
 /// A retained message set or cleared on this node: every node keeps it (state topic).
 /// Returns the ticket a QoS 1/2 publisher's acknowledgement waits for: a retained message
 /// acknowledged is in Kafka, and outlives the node.
@@ -305,17 +326,10 @@ pub async fn share_retained(shard: &ShardContext, message: &Message) -> Option<u
         cluster.node.send_state_for(shard_id, number, &key, None);
         return ticket;
     }
-    let envelope = Envelope {
-        node: cluster.node.name.clone(),
-        publisher: message.publisher.clone(),
-        ordinary: false,
-        shared: Vec::new(),
-        topic: message.topic.clone(),
-        qos: message.qos,
-        retain: true,
-        properties: message.properties.clone(),
-        payload: message.payload.clone(),
+    let Some(mut envelope) = envelope_of(message, &cluster.node.name, Instant::now()) else {
+        return ticket;
     };
+    envelope.retain = true;
     let value = envelope.encode();
     cluster
         .node
@@ -341,13 +355,23 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 /// A CONNECT on this node: the session becomes this node's in the whole cluster (its
 /// owner record), and the node that had it closes the old connection. Unless Clean Start,
 /// that node hands the session over and it is installed here before the CONNACK.
-pub async fn claim_session(shard: &ShardRef, client_id: &MqttStr, clean_start: bool) {
+pub async fn claim_session(
+    shard: &ShardRef,
+    client_id: &MqttStr,
+    clean_start: bool,
+    will: Option<crate::protocol::Will>,
+) {
     let Some(cluster) = shard.cluster.as_ref() else {
         return;
     };
     let node = &cluster.node;
     let generation = node.next_generation();
-    let Some(previous) = node.claim(client_id.as_str(), generation, clean_start) else {
+    let will = will.and_then(|will| {
+        let now = Instant::now();
+        envelope_of(&will_message(will, client_id.clone(), now), &node.name, now)
+    });
+    let will = will.map(|envelope| envelope.encode());
+    let Some(previous) = node.claim(client_id.as_str(), generation, clean_start, will) else {
         return;
     };
     if previous.node == node.name || clean_start || !node.is_alive(&previous.node) {
@@ -418,8 +442,18 @@ pub fn session_closed(shard: &ShardContext, client_id: &MqttStr) {
     let Some(cluster) = shard.cluster.as_ref() else {
         return;
     };
-    if !shard.state.borrow().has_session(client_id) {
+    let (kept, connected) = {
+        let state = shard.state.borrow();
+        (
+            state.has_session(client_id),
+            state.connection(client_id).is_some(),
+        )
+    };
+    if !kept {
         cluster.node.release(client_id.as_str());
+    } else if !connected {
+        // Kept for a client that is away (not taken over by a new connection here).
+        cluster.node.forget_will(client_id.as_str());
     }
 }
 

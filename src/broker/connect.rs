@@ -402,6 +402,7 @@ pub async fn serve(
         &shard,
         &client_id,
         connect.clean_start,
+        connect.will.clone(),
     ))
     .await;
     let now = Instant::now();

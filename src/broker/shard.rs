@@ -642,7 +642,11 @@ pub struct Closed {
     pub interest_changes: Vec<InterestChange>,
 }
 
-fn will_message(will: crate::protocol::Will, publisher: MqttStr, now: Instant) -> Message {
+pub(super) fn will_message(
+    will: crate::protocol::Will,
+    publisher: MqttStr,
+    now: Instant,
+) -> Message {
     let mut properties = crate::protocol::PublishProperties {
         payload_format_indicator: will.properties.payload_format_indicator,
         message_expiry_interval_secs: will.properties.message_expiry_interval_secs,

@@ -78,6 +78,9 @@ pub enum Update {
         generation: u64,
         clean: bool,
     },
+    /// The will (an envelope) of a client whose node died while it was connected: this
+    /// node publishes it.
+    DeadWill(Bytes),
     /// The session of `client` handed over to this node for its connection `generation`
     /// (empty: the old node had none).
     HandedOver {
@@ -93,21 +96,42 @@ pub struct Owner {
     pub node: String,
     /// Unique per connection in the cluster (see [`Node::next_generation`]).
     pub generation: u64,
+    /// The will of the client's connection while it is connected (an envelope): if its
+    /// node dies, another node publishes it.
+    pub will: Option<Bytes>,
 }
 
 impl Owner {
-    /// The record value: `NODE GENERATION CLEAN`.
-    fn encode(&self, clean: bool) -> String {
-        format!("{} {} {}", self.node, self.generation, u8::from(clean))
+    /// The record value: `NODE GENERATION CLEAN`, then a newline and the will's envelope
+    /// when there is one.
+    fn encode(&self, clean: bool) -> Vec<u8> {
+        let mut value =
+            format!("{} {} {}", self.node, self.generation, u8::from(clean)).into_bytes();
+        if let Some(will) = &self.will {
+            value.push(b'\n');
+            value.extend_from_slice(will);
+        }
+        value
     }
 
     fn decode(value: &[u8]) -> Option<(Owner, bool)> {
-        let text = std::str::from_utf8(value).ok()?;
+        let (text, will) = match value.iter().position(|b| *b == b'\n') {
+            Some(at) => (&value[..at], Some(Bytes::copy_from_slice(&value[at + 1..]))),
+            None => (value, None),
+        };
+        let text = std::str::from_utf8(text).ok()?;
         let mut parts = text.split(' ');
         let node = parts.next()?.to_string();
         let generation = parts.next()?.parse().ok()?;
         let clean = parts.next()? == "1";
-        Some((Owner { node, generation }, clean))
+        Some((
+            Owner {
+                node,
+                generation,
+                will,
+            },
+            clean,
+        ))
     }
 }
 
@@ -360,18 +384,41 @@ impl Node {
     }
 
     /// This node takes `client`'s session for connection `generation` (`clean`: without
-    /// what it had). Returns the owner before.
-    pub fn claim(&self, client: &str, generation: u64, clean: bool) -> Option<Owner> {
+    /// what it had), whose will is `will` (an envelope). Returns the owner before.
+    pub fn claim(
+        &self,
+        client: &str,
+        generation: u64,
+        clean: bool,
+        will: Option<Bytes>,
+    ) -> Option<Owner> {
         let owner = Owner {
             node: self.name.clone(),
             generation,
+            will,
         };
-        self.send_state(&format!("s/{client}"), Some(owner.encode(clean).as_bytes()));
+        self.send_state(&format!("s/{client}"), Some(&owner.encode(clean)));
         self.directory
             .lock()
             .expect("directory")
             .owners
             .insert(client.to_string(), owner)
+    }
+
+    /// `client` disconnected and its session stays here: its will is no longer one to
+    /// publish if this node dies.
+    pub fn forget_will(&self, client: &str) {
+        let owner = {
+            let mut directory = self.directory.lock().expect("directory");
+            match directory.owners.get_mut(client) {
+                Some(owner) if owner.node == self.name && owner.will.is_some() => {
+                    owner.will = None;
+                    owner.clone()
+                }
+                _ => return,
+            }
+        };
+        self.send_state(&format!("s/{client}"), Some(&owner.encode(false)));
     }
 
     /// `client`'s session ended here: unless another node took it meanwhile, nobody owns it.

@@ -27,8 +27,65 @@ use super::{unix_ms, Directory, Envelope, Node, NodeId, Owner, ShardLink, Update
 const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
 /// How often a node writes its heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-/// A node whose last heartbeat is older is not counted among the members.
+/// A node whose last heartbeat is older is not counted among the members, and is taken
+/// for dead.
 pub const MEMBER_TIMEOUT_MS: i64 = 10_000;
+/// How often the reader looks for nodes that died with sessions.
+const DEATH_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Sessions of nodes that died (no heartbeat for [`MEMBER_TIMEOUT_MS`]), when this node is
+/// the one to deal with them (the first living node by name, so that one node does):
+/// their owner records are removed, and the wills of those that were connected returned,
+/// to publish. A node that stops cleanly removes its heartbeat, and its clients' wills
+/// were published by itself.
+fn take_dead_sessions(node: &Node) -> Vec<bytes::Bytes> {
+    let now = unix_ms();
+    let (dead, clients) = {
+        let directory = node.directory.lock().expect("directory");
+        let alive = |name: &str| {
+            name == node.name
+                || directory
+                    .heartbeats
+                    .get(name)
+                    .is_some_and(|at| now - *at < MEMBER_TIMEOUT_MS)
+        };
+        let first_alive = directory
+            .heartbeats
+            .keys()
+            .filter(|name| alive(name))
+            .chain(std::iter::once(&node.name))
+            .min()
+            .cloned();
+        if first_alive.as_deref() != Some(node.name.as_str()) {
+            return Vec::new();
+        }
+        let dead: HashSet<String> = (directory.owners.values())
+            .filter(|owner| !alive(&owner.node))
+            .map(|owner| owner.node.clone())
+            .collect();
+        let clients: Vec<(String, Option<bytes::Bytes>)> = (directory.owners.iter())
+            .filter(|(_, owner)| dead.contains(&owner.node))
+            .map(|(client, owner)| (client.clone(), owner.will.clone()))
+            .collect();
+        (dead, clients)
+    };
+    if clients.is_empty() {
+        return Vec::new();
+    }
+    tracing::warn!(
+        nodes = ?dead,
+        "cluster: node(s) {dead:?} stopped answering; {} of their sessions end here",
+        clients.len()
+    );
+    let mut wills = Vec::new();
+    let mut directory = node.directory.lock().expect("directory");
+    for (client, will) in clients {
+        directory.owners.remove(&client);
+        node.send_state(&format!("s/{client}"), None);
+        wills.extend(will);
+    }
+    wills
+}
 
 /// What the state topic held when the node started: loaded by every shard before it serves.
 #[derive(Default)]
@@ -377,10 +434,20 @@ fn run(
         return Ok(());
     }
     let mut last_heartbeat = Instant::now();
+    let mut last_death_check = Instant::now();
     while !stop.load(Ordering::Acquire) {
         if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
             node.send_state(&heartbeat_key, Some(heartbeat().as_bytes()));
             last_heartbeat = Instant::now();
+        }
+        if last_death_check.elapsed() >= DEATH_CHECK_EVERY {
+            last_death_check = Instant::now();
+            for will in take_dead_sessions(node) {
+                // Wills go through one shard: it publishes them as a client's would be.
+                if let Some(link) = links.first() {
+                    link.push_update(Update::DeadWill(will));
+                }
+            }
         }
         metrics
             .members

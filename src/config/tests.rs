@@ -899,7 +899,10 @@ fn mapping_defaults() {
 #[test]
 fn a_cluster_section_names_a_kafka_cluster_and_valid_names() {
     let kafka = "[kafka.clusters.main]\nbootstrap = \"k:9092\"\n";
-    let ok = parse(&format!("{kafka}[cluster]\nname = \"fleet\"\nnode = \"a-1\"\n")).unwrap();
+    let ok = parse(&format!(
+        "{kafka}[cluster]\nname = \"fleet\"\nnode = \"a-1\"\n"
+    ))
+    .unwrap();
     ok.validate().unwrap();
     let cluster = ok.cluster.as_ref().unwrap();
     assert_eq!(cluster.prefix(), "ferrymq.fleet.");
@@ -928,5 +931,8 @@ fn a_cluster_section_names_a_kafka_cluster_and_valid_names() {
         "cluster.replication_factor: 0 is neither -1 (the Kafka cluster's default) nor 1 or more"
     );
     let no_kafka = parse("[cluster]\nname = \"f\"\n").unwrap().validate();
-    assert!(no_kafka.unwrap_err().to_string().starts_with("cluster.kafka: "));
+    assert!(no_kafka
+        .unwrap_err()
+        .to_string()
+        .starts_with("cluster.kafka: "));
 }
