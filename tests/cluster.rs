@@ -369,3 +369,41 @@ fn the_wills_of_a_dead_nodes_clients_are_published_by_the_cluster() {
     let _ = device.kill();
     let _ = device.wait();
 }
+
+/// [MQTT-3.1.3-9]: a delayed will is not published when its client is back in time, on
+/// another node too: the session moved with it.
+#[test]
+fn a_delayed_will_stays_unpublished_when_its_client_is_back_on_another_node() {
+    let cluster = Cluster::start(3);
+    let mut watcher = subscriber(cluster.port(2), "delay-watcher", "delay/#", 1);
+    cluster.wait_remote_filters(0, 1);
+    let device = |port: u16| {
+        Command::new("mosquitto_sub")
+            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-i",
+                "delay-device",
+                "-c",
+                "-x",
+                "60",
+                "-t",
+                "nothing",
+                "-k",
+                "60",
+            ])
+            .args(["--will-topic", "delay/device", "--will-payload", "late"])
+            .args(["-D", "will", "will-delay-interval", "3"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub")
+    };
+    let mut first = device(cluster.port(0));
+    std::thread::sleep(Duration::from_millis(500));
+    // Gone without DISCONNECT: the will waits 3 s.
+    first.kill().unwrap();
+    let _ = first.wait();
+    let mut second = device(cluster.port(1));
+    watcher.no_publish(Duration::from_secs(5));
+    let _ = second.kill();
+    let _ = second.wait();
+}

@@ -457,6 +457,17 @@ pub fn session_closed(shard: &ShardContext, client_id: &MqttStr) {
     }
 }
 
+/// Whether `client_id`'s session now belongs to another node of the cluster (its client
+/// connected there).
+pub fn moved_away(shard: &ShardContext, client_id: &MqttStr) -> bool {
+    shard.cluster.as_ref().is_some_and(|cluster| {
+        cluster
+            .node
+            .owner_of(client_id.as_str())
+            .is_some_and(|owner| owner.node != cluster.node.name)
+    })
+}
+
 /// Another node took a client whose session this shard has: the connection closes with
 /// 0x8E, its will goes if due, and (unless the new connection starts clean) the session
 /// is handed over to that node.

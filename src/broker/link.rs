@@ -345,7 +345,8 @@ impl Link {
             runtime::spawn(async move {
                 runtime::sleep(delay).await;
                 let due = shard.state.borrow().will_still_due(&client_id, generation);
-                if due {
+                // A session that moved to another node went with its client, back in time.
+                if due && !super::cluster::moved_away(&shard, &client_id) {
                     router::publish(&shard, will).await;
                 }
             });

@@ -381,6 +381,17 @@ fn run(
             ));
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            // Compaction may have removed a partition's last records: its position says
+            // whether it is read to the end.
+            if let Ok(positions) = consumer.position() {
+                for element in positions.elements() {
+                    if let Offset::Offset(at) = element.offset() {
+                        if ends.get(&element.partition()).is_some_and(|end| at >= *end) {
+                            ends.remove(&element.partition());
+                        }
+                    }
+                }
+            }
             continue;
         };
         let message = result.map_err(|e| format!("cluster.kafka: reading {topic}: {e}"))?;
