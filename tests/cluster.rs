@@ -407,3 +407,42 @@ fn a_delayed_will_stays_unpublished_when_its_client_is_back_on_another_node() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// A Kafka source read by the nodes of a cluster in one consumer group: each record is read
+/// by one node, and reaches the subscribers of every node.
+#[test]
+fn records_of_a_kafka_source_reach_subscribers_on_every_node() {
+    use common::kafka::{bootstrap, create_topic, produce, unique, Outgoing};
+    let topic = unique("cl-commands");
+    create_topic(&bootstrap(), &topic, 2);
+    let cluster = Cluster::start_with(
+        2,
+        &format!(
+            "[[kafka.source]]\nname = \"commands\"\ntopics = [\"{topic}\"]\n\
+             group = \"{topic}\"\nmqtt = \"cmd/{{key}}\"\nstart = \"earliest\"\n"
+        ),
+    );
+    let mut subscribers: Vec<v5::Mqtt> = (0..2)
+        .map(|node| subscriber(cluster.port(node), &format!("cmd-sub-{node}"), "cmd/#", 1))
+        .collect();
+    for node in 0..2 {
+        cluster.wait_remote_filters(node, 1);
+    }
+    let records: Vec<Outgoing> = (0..20)
+        .map(|i| Outgoing {
+            partition: Some(i % 2),
+            key: Some(format!("dev{i}").into_bytes()),
+            payload: format!("c{i}").into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce(&bootstrap(), &topic, &records);
+    for subscriber in &mut subscribers {
+        let got: HashSet<String> = collect(subscriber, 20, Duration::from_secs(30))
+            .iter()
+            .map(payload)
+            .collect();
+        let expected: HashSet<String> = (0..20).map(|i| format!("c{i}")).collect();
+        assert_eq!(got, expected);
+    }
+}

@@ -24,9 +24,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `count` nodes named `n0`, `n1`... of a new cluster; `extra` is appended to
-    /// each node's configuration (more `[broker]` keys are not allowed: use flags).
+    /// Starts `count` nodes named `n0`, `n1`... of a new cluster.
     pub fn start(count: usize) -> Cluster {
+        Cluster::start_with(count, "")
+    }
+
+    /// [`Cluster::start`], with `extra` appended to each node's configuration (tables
+    /// other than `[broker]`, `[kafka.clusters.main]` and `[cluster]`: a Kafka source, say).
+    pub fn start_with(count: usize, extra: &str) -> Cluster {
         let name = unique("cl");
         let nodes = (0..count)
             .map(|index| {
@@ -34,7 +39,7 @@ impl Cluster {
                 let config = write_config(&format!(
                     "[broker]\nmetrics_bind = \"127.0.0.1:{metrics_port}\"\n\n\
                      [kafka.clusters.main]\nbootstrap = \"{}\"\n\n\
-                     [cluster]\nname = \"{name}\"\nnode = \"n{index}\"\npartitions = 4\n",
+                     [cluster]\nname = \"{name}\"\nnode = \"n{index}\"\npartitions = 4\n\n{extra}",
                     bootstrap()
                 ));
                 let port = free_port();
