@@ -20,6 +20,7 @@
 //! | [`tls`] | TLS listener setup and client certificate identity |
 //! | [`spool`] | the per-shard durable log behind `ack = "durable"` |
 //! | [`bridge`] | the Kafka half: mappings, batches, producers, tickets, the spool's tasks |
+//! | [`cluster`] | many nodes as one broker: internal topics, the state reader, cross-node records |
 //! | [`broker`] | the MQTT half: sessions, routing, retained messages, wills, PUBACK/PUBREC |
 //! | [`server`] | start-up: shards, listeners, wiring, `$SYS` and the metrics loop |
 //!
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod log_budget;
 pub mod metrics;

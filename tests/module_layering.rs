@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The order of the layers, lowest first: a module may import only modules listed before
 /// it. Kept in step with the table in `src/lib.rs`.
-const LAYERS: [&str; 13] = [
+const LAYERS: [&str; 14] = [
     "protocol",
     "log_budget",
     "metrics",
@@ -20,6 +20,7 @@ const LAYERS: [&str; 13] = [
     "tls",
     "spool",
     "bridge",
+    "cluster",
     "broker",
     "server",
 ];

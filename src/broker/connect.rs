@@ -397,6 +397,14 @@ pub async fn serve(
     ));
     let client_id = connect.client_id.clone();
     let keep_alive_secs = connect.keep_alive_secs;
+    // In a cluster, the session may be on another node: it comes here first.
+    Box::pin(super::cluster::claim_session(
+        &shard,
+        &client_id,
+        connect.clean_start,
+        connect.will.clone(),
+    ))
+    .await;
     let now = Instant::now();
     let opened = shard.state.borrow_mut().open_session(
         &mut connect,

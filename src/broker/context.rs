@@ -42,12 +42,17 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A PUBLISH whose acknowledgement waits for the bridge (Kafka or the spool).
+/// A PUBLISH whose acknowledgement waits: for the bridge (Kafka or the spool), for the
+/// cluster's messages topic, or both.
 pub struct DeferredAck {
     pub connection: Rc<Connection>,
     pub client_id: MqttStr,
     pub packet_id: u16,
     pub qos: QoS,
+    /// What it still waits for; the acknowledgement goes when none is left.
+    pub waits: Cell<u8>,
+    /// The first failure among what it waited for, if any.
+    pub failure: Cell<Option<super::publish::Verdict>>,
 }
 
 /// Shard state reachable from every task of the shard.
@@ -71,7 +76,7 @@ pub struct ShardContext {
     /// This shard's side of the Kafka pipeline (no mappings: a plain MQTT broker).
     pub bridge: Bridge,
     /// PUBLISHes whose PUBACK/PUBREC waits for the bridge, by ticket.
-    pub deferred_acks: RefCell<HashMap<Ticket, DeferredAck>>,
+    pub deferred_acks: RefCell<HashMap<Ticket, Rc<DeferredAck>>>,
     /// Records from Kafka sources that a `from_sources` mapping writes to Kafka again:
     /// their receipt's share waits for the bridge, by ticket.
     pub source_tickets: RefCell<HashMap<Ticket, crate::bridge::source::Receipt>>,
@@ -80,6 +85,8 @@ pub struct ShardContext {
     pub congestion_eased: WaitList,
     /// Where this shard leaves its metrics once a second.
     pub board: Arc<crate::metrics::Board>,
+    /// This shard's part in a cluster (`[cluster]`), if any.
+    pub cluster: Option<super::cluster::ShardCluster>,
 }
 
 pub type ShardRef = Rc<ShardContext>;

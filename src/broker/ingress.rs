@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::bridge::source::{Receipt, SourceInbox, SourceRecord};
 use crate::bridge::Publication;
-use crate::protocol::{MqttStr, QoS};
+use crate::protocol::QoS;
 use crate::runtime::{self, WakeEnd};
 
+use super::cluster::{self, Waiter};
 use super::context::ShardRef;
 use super::message::Message;
 use super::shard::SourceRouting;
@@ -45,6 +46,8 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
         qos,
         retain,
         properties,
+        publisher,
+        cross_node,
         receipt,
     } = record;
     let expires_at = properties
@@ -56,20 +59,30 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
         qos,
         retain,
         properties,
-        // No MQTT client published it: No Local never applies [MQTT-3.8.3-3].
-        publisher: MqttStr::default(),
+        // Empty when no MQTT client published it (a Kafka source's record): No Local
+        // never applies then [MQTT-3.8.3-3].
+        publisher,
         expires_at,
     });
-    let routing = shard
-        .state
-        .borrow_mut()
-        .route_from_source(&message, &receipt, now);
+    let routing =
+        shard
+            .state
+            .borrow_mut()
+            .route_from_source(&message, &receipt, cross_node.as_deref(), now);
     let (local, targets) = match routing {
         // Dropped unfinished: the source goes back to this record.
         SourceRouting::Refused => return,
         SourceRouting::Delivered { local, targets } => (local, targets),
     };
-    if message.retain {
+    // A message from another node: its retained copy comes through the state topic, and
+    // a mapping wrote it to Kafka on the node it was published on.
+    let from_node = cross_node.is_some();
+    if message.retain && !from_node {
+        if let Some(ticket) = cluster::share_retained(shard, &message).await {
+            if let Some(cluster) = &shard.cluster {
+                cluster.wait_for(ticket, Waiter::Source(receipt.share()));
+            }
+        }
         shard.state.borrow_mut().set_retained(&message);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let _ = shard
@@ -78,7 +91,7 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
                 .await;
         }
     }
-    for target in targets.shards {
+    for &target in &targets.shards {
         let forwarded = ShardMessage::SourcePublish {
             message: (*message).clone(),
             group: None,
@@ -86,16 +99,27 @@ async fn on_record(shard: &ShardRef, record: SourceRecord) {
         };
         let _ = shard.senders.send(target, forwarded).await;
     }
-    for (target, group) in targets.shared {
+    for (target, group) in &targets.shared {
+        let target = *target;
         let forwarded = ShardMessage::SourcePublish {
             message: (*message).clone(),
-            group: Some(group),
+            group: Some(group.clone()),
             receipt: receipt.share(),
         };
         let _ = shard.senders.send(target, forwarded).await;
     }
+    if from_node {
+        receipt.finish(local);
+        return;
+    }
+    if let Some(ticket) = cluster::send_to_nodes(shard, &message, &targets).await {
+        // Committed once the other nodes' copy is in Kafka.
+        if let Some(cluster) = &shard.cluster {
+            cluster.wait_for(ticket, Waiter::Source(receipt.share()));
+        }
+    }
     to_kafka(shard, &message, &receipt, now).await;
-    receipt.finish(local);
+    receipt.finish(local || targets.has_nodes());
 }
 
 /// Through the mappings that take messages from sources (`from_sources`), if any: the

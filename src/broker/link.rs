@@ -333,6 +333,7 @@ impl Link {
         );
         self.slot = None;
         self.shard.ease_congestion();
+        super::cluster::session_closed(&self.shard, &self.client_id);
         router::announce_interest(&self.shard, closed.interest_changes, false).await;
         if let Some(will) = closed.will_now {
             router::publish(&self.shard, will).await;
@@ -344,7 +345,8 @@ impl Link {
             runtime::spawn(async move {
                 runtime::sleep(delay).await;
                 let due = shard.state.borrow().will_still_due(&client_id, generation);
-                if due {
+                // A session that moved to another node went with its client, back in time.
+                if due && !super::cluster::moved_away(&shard, &client_id) {
                     router::publish(&shard, will).await;
                 }
             });
@@ -359,6 +361,7 @@ impl Link {
                     .state
                     .borrow_mut()
                     .expire_session(&client_id, generation);
+                super::cluster::session_closed(&shard, &client_id);
                 router::announce_interest(&shard, changes, false).await;
             });
         }

@@ -10,6 +10,7 @@
 //! May import: `auth`, `bridge` (one [`crate::bridge::Bridge`] per shard), `config`,
 //! `metrics`, `protocol`, `runtime`, `tls`, `topic`.
 
+pub mod cluster;
 mod connect;
 pub mod connection;
 pub mod context;

@@ -1,5 +1,7 @@
 //! PUBLISH from a client (section 3.3.4): resolve the topic alias, route, acknowledge.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::auth::Access;
@@ -93,7 +95,7 @@ impl Link {
             self.answer(qos, packet_id, Verdict::Refused(ReasonCode::QuotaExceeded));
             return Ok(());
         }
-        let mut ticket = None;
+        let mut deferred: Option<Rc<DeferredAck>> = None;
         if admission.to_kafka() {
             if qos != QoS::AtMostOnce {
                 // A full Kafka producer (or a full spool, for `durable`): stop reading this
@@ -109,30 +111,53 @@ impl Link {
                 retain: message.retain,
                 properties: &message.properties,
             };
-            ticket = bridge.submit(&admission, &publication, qos != QoS::AtMostOnce, now);
+            let ticket = bridge.submit(&admission, &publication, qos != QoS::AtMostOnce, now);
             if let Some(ticket) = ticket {
                 // With `ack = "kafka"` or `"durable"` the PUBACK/PUBREC waits for the bridge
                 // (`acknowledge_deferred`). Recorded before anything awaits, so that no
                 // completion can come first.
-                let deferred = DeferredAck {
-                    connection: self.connection.clone(),
-                    client_id: self.client_id.clone(),
-                    packet_id,
-                    qos,
-                };
-                self.shard
-                    .deferred_acks
-                    .borrow_mut()
-                    .insert(ticket, deferred);
+                let ack = self.deferred(&mut deferred, packet_id, qos);
+                self.shard.deferred_acks.borrow_mut().insert(ticket, ack);
             }
         }
         if admission.to_subscribers() {
-            router::publish(&self.shard, message).await;
+            for ticket in router::publish(&self.shard, message).await {
+                // Subscribers on other nodes: it waits for the messages topic too.
+                let ack = self.deferred(&mut deferred, packet_id, qos);
+                if let Some(cluster) = &self.shard.cluster {
+                    cluster.wait_for(ticket, super::cluster::Waiter::Publish(ack));
+                }
+            }
         }
-        if ticket.is_none() {
-            self.answer(qos, packet_id, Verdict::Accepted);
+        match deferred {
+            // Releases the hold of `deferred`: due now unless something still waits.
+            Some(ack) => settle_deferred(&self.shard, &ack, Verdict::Accepted),
+            None => self.answer(qos, packet_id, Verdict::Accepted),
         }
         Ok(())
+    }
+
+    /// The acknowledgement of this PUBLISH, made to wait for one more thing. Made on first
+    /// use with a hold of its own, released once the PUBLISH is routed, so that nothing
+    /// that answers meanwhile sends it early.
+    fn deferred(
+        &self,
+        deferred: &mut Option<Rc<DeferredAck>>,
+        packet_id: u16,
+        qos: QoS,
+    ) -> Rc<DeferredAck> {
+        let ack = deferred.get_or_insert_with(|| {
+            Rc::new(DeferredAck {
+                connection: self.connection.clone(),
+                client_id: self.client_id.clone(),
+                packet_id,
+                qos,
+                waits: Cell::new(1),
+                failure: Cell::new(None),
+            })
+        });
+        ack.waits.set(ack.waits.get() + 1);
+        ack.clone()
     }
 
     fn answer(&self, qos: QoS, packet_id: u16, verdict: Verdict) {
@@ -149,7 +174,7 @@ impl Link {
 
 /// How a PUBLISH is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub enum Verdict {
     Accepted,
     /// Not taken, and sending it again would not help (not authorized, a full spool, Kafka
     /// refused it for good). A 5.0 client gets the code; 3.1.1 has no way to hear it, so
@@ -226,23 +251,39 @@ pub fn acknowledge_deferred(shard: &ShardContext, completed: Vec<Completed>) {
         let Some(ack) = shard.deferred_acks.borrow_mut().remove(&done.ticket) else {
             continue;
         };
-        acknowledge(
-            shard,
-            &ack.connection,
-            &ack.client_id,
-            ack.qos,
-            ack.packet_id,
-            done.outcome.into(),
-        );
+        settle_deferred(shard, &ack, done.outcome.into());
     }
+}
+
+/// One of the things `ack` waits for ended with `verdict`: the acknowledgement goes once
+/// nothing is left, with the first failure if there was one.
+pub fn settle_deferred(shard: &ShardContext, ack: &DeferredAck, verdict: Verdict) {
+    if verdict != Verdict::Accepted && ack.failure.get().is_none() {
+        ack.failure.set(Some(verdict));
+    }
+    let left = ack.waits.get().saturating_sub(1);
+    ack.waits.set(left);
+    if left > 0 {
+        return;
+    }
+    acknowledge(
+        shard,
+        &ack.connection,
+        &ack.client_id,
+        ack.qos,
+        ack.packet_id,
+        ack.failure.get().unwrap_or(Verdict::Accepted),
+    );
 }
 
 /// Whether the QoS 2 PUBLISH `packet_id` of this connection still waits for the bridge (a
 /// resent one must then not be acknowledged yet).
 fn is_deferred(shard: &ShardContext, connection: &Connection, packet_id: u16) -> bool {
-    shard
-        .deferred_acks
-        .borrow()
-        .values()
-        .any(|ack| ack.connection.id == connection.id && ack.packet_id == packet_id)
+    let this =
+        |ack: &Rc<DeferredAck>| ack.connection.id == connection.id && ack.packet_id == packet_id;
+    shard.deferred_acks.borrow().values().any(this)
+        || shard
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.is_waiting(this))
 }

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::cluster;
 use super::context::ShardRef;
 use super::message::Message;
 use super::shard::InterestChange;
@@ -12,7 +13,10 @@ use super::shard_message::ShardMessage;
 use crate::runtime::Signal;
 
 /// Routes `message`, published by a client of this shard (or as a will, or `$SYS`).
-pub async fn publish(shard: &ShardRef, message: Message) {
+/// Returns the tickets of its cluster records (for other nodes, a retained message) that a
+/// QoS 1/2 publisher's acknowledgement must wait for.
+pub async fn publish(shard: &ShardRef, message: Message) -> Vec<u64> {
+    let mut tickets = Vec::new();
     let message = Rc::new(message);
     let now = Instant::now();
     let targets = {
@@ -23,6 +27,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
         state.route(&message, now)
     };
     if message.retain {
+        tickets.extend(cluster::share_retained(shard, &message).await);
         for other in (0..shard.count).filter(|&s| s != shard.id) {
             let _ = shard
                 .senders
@@ -30,6 +35,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
                 .await;
         }
     }
+    tickets.extend(cluster::send_to_nodes(shard, &message, &targets).await);
     for target in targets.shards {
         let _ = shard
             .senders
@@ -44,6 +50,7 @@ pub async fn publish(shard: &ShardRef, message: Message) {
             .await;
     }
     slow_down_for(shard, targets.congested).await;
+    tickets
 }
 
 /// Longest a publisher is held back for slow subscribers on its shard.
@@ -76,6 +83,7 @@ pub async fn slow_down_for(shard: &ShardRef, congested: Vec<crate::protocol::Mqt
 /// Tells every other shard about interest changes; with `wait`, returns once each has
 /// applied them, so that a SUBACK sent afterwards means "routed from everywhere".
 pub async fn announce_interest(shard: &ShardRef, changes: Vec<InterestChange>, wait: bool) {
+    cluster::share_interest(shard, &changes);
     if shard.count == 1 || changes.is_empty() {
         return;
     }

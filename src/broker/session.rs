@@ -96,7 +96,7 @@ pub struct Session {
     /// QoS 2 packet ids received and answered with PUBREC, awaiting PUBREL: a resent
     /// PUBLISH with one of these ids is not delivered again [MQTT-4.3.3-9].
     pub inbound_qos2: HashSet<u16>,
-    next_packet_id: u16,
+    pub(super) next_packet_id: u16,
     /// The client's Receive Maximum capped by our in-flight limit [MQTT-3.3.4-9].
     pub inflight_max: usize,
     pub session_expiry_secs: u32,

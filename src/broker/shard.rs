@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthSnapshot, AuthStore};
+use crate::cluster::NodeId;
 use crate::config::BrokerConfig;
 use crate::protocol::{ConnAck, Connect, MqttStr, Protocol, QoS, ReasonCode, RetainHandling};
 use crate::runtime::ShardId;
@@ -47,6 +48,17 @@ pub struct RemoteTargets {
     /// Connected local sessions whose queue is past its high-water mark: the publisher
     /// waits for them to drain before reading on (backpressure on QoS 1/2).
     pub congested: Vec<MqttStr>,
+    /// Other nodes of the cluster have ordinary subscriptions matching the topic.
+    pub nodes_ordinary: bool,
+    /// Shared groups whose turn fell on another node: (group, node name).
+    pub nodes_shared: Vec<(String, Arc<str>)>,
+}
+
+impl RemoteTargets {
+    /// Other nodes get the message.
+    pub fn has_nodes(&self) -> bool {
+        self.nodes_ordinary || !self.nodes_shared.is_empty()
+    }
 }
 
 /// The subscribers of a message on the shard that routes it.
@@ -104,12 +116,22 @@ pub struct Shard {
     /// Per Kafka source partition (its slot), the offset of a record refused here for a
     /// full session: later ones are refused too until the source comes back to it.
     source_blocks: HashMap<u64, i64>,
+    /// Which other nodes of the cluster have subscribers for each filter (the state
+    /// topic's interest records, applied by `broker::cluster`).
+    remote_interest: SubscriptionTree<NodeId, ()>,
+    /// Names of the other nodes, by id.
+    node_names: Vec<Arc<str>>,
+    /// Shared groups with members here and on other nodes: whose turn is next.
+    shared_turns: HashMap<String, remote::SharedTurns>,
 }
 
 mod access;
 mod delivery;
+mod handover;
+mod remote;
 mod source;
 
+pub use handover::GivenUp;
 pub use source::SourceRouting;
 
 impl Shard {
@@ -140,6 +162,9 @@ impl Shard {
             auth: Arc::new(AuthStore::open()),
             auth_snapshot: Arc::new(AuthSnapshot::open()),
             source_blocks: HashMap::new(),
+            remote_interest: SubscriptionTree::new(),
+            node_names: Vec::new(),
+            shared_turns: HashMap::new(),
         }
     }
 
@@ -598,6 +623,10 @@ impl Shard {
             .collect()
     }
 
+    pub fn has_session(&self, client_id: &MqttStr) -> bool {
+        self.sessions.contains_key(client_id)
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -613,7 +642,11 @@ pub struct Closed {
     pub interest_changes: Vec<InterestChange>,
 }
 
-fn will_message(will: crate::protocol::Will, publisher: MqttStr, now: Instant) -> Message {
+pub(super) fn will_message(
+    will: crate::protocol::Will,
+    publisher: MqttStr,
+    now: Instant,
+) -> Message {
     let mut properties = crate::protocol::PublishProperties {
         payload_format_indicator: will.properties.payload_format_indicator,
         message_expiry_interval_secs: will.properties.message_expiry_interval_secs,

@@ -316,7 +316,12 @@ fn source_records_settle_when_delivered_and_a_full_session_refuses_its_partition
             offset,
         };
         let receipt = Receipt::new(position, outcomes.clone());
-        match shard.route_from_source(&message("cmd/device-9", QoS::AtLeastOnce), &receipt, now) {
+        match shard.route_from_source(
+            &message("cmd/device-9", QoS::AtLeastOnce),
+            &receipt,
+            None,
+            now,
+        ) {
             super::shard::SourceRouting::Delivered { local, targets } => {
                 assert!(targets.shards.is_empty());
                 receipt.finish(local);

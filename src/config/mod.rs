@@ -50,6 +50,7 @@ use serde::Deserialize;
 pub mod batching;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod file;
 pub mod kafka;
 pub mod listener;
@@ -64,6 +65,7 @@ pub use broker::{
     PACKET_SIZE_BYTES_MAX_MIN,
 };
 pub use cli::BrokerArgs;
+pub use cluster::BrokerClusterConfig;
 pub use kafka::{AckMode, ClusterConfig, HeaderField, KafkaConfig, MappingConfig, OnRefused};
 pub use listener::{ListenerConfig, PORT_DEFAULT};
 pub use log::{check_log_filter, LogConfig, LogFormat};
@@ -93,6 +95,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// The broker's log on stderr: format and level; TOML `[log]`.
     pub log: LogConfig,
+    /// Nodes acting as one broker through Kafka; TOML `[cluster]`.
+    pub cluster: Option<cluster::BrokerClusterConfig>,
     /// The file's `${env:NAME}` and `${file:PATH}` values and what they gave: kept so that
     /// errors can name the reference and never show the value ([`Config::secret_values`]).
     #[serde(skip)]
@@ -113,6 +117,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             log: LogConfig::default(),
+            cluster: None,
             substitutions: Substitutions::default(),
         }
     }
@@ -264,6 +269,9 @@ impl Config {
         self.kafka.validate()?;
         self.batching.check()?;
         self.spool.check()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check(self.kafka.clusters.keys())?;
+        }
         // The files are read now, so that a broken line stops the start (SIGHUP reloads
         // them later; a broken reload keeps the files in use).
         if let Some(path) = &self.auth.password_file {

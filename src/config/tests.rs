@@ -357,7 +357,7 @@ fn unknown_keys_are_rejected() {
     assert_eq!(
         error,
         "test.toml:1:2: kafkaa: unknown key `kafkaa`, expected one of `listener`, \
-         `broker`, `kafka`, `batching`, `spool`, `auth`, `log`"
+         `broker`, `kafka`, `batching`, `spool`, `auth`, `log`, `cluster`"
     );
     let error = parse("[kafka]\ncluster = 1\n").unwrap_err().to_string();
     assert_eq!(
@@ -894,4 +894,45 @@ fn mapping_defaults() {
     );
     assert_eq!(mapping.ack, AckMode::Kafka);
     assert!(mapping.mqtt_subscribers);
+}
+
+#[test]
+fn a_cluster_section_names_a_kafka_cluster_and_valid_names() {
+    let kafka = "[kafka.clusters.main]\nbootstrap = \"k:9092\"\n";
+    let ok = parse(&format!(
+        "{kafka}[cluster]\nname = \"fleet\"\nnode = \"a-1\"\n"
+    ))
+    .unwrap();
+    ok.validate().unwrap();
+    let cluster = ok.cluster.as_ref().unwrap();
+    assert_eq!(cluster.prefix(), "ferrymq.fleet.");
+    assert_eq!(cluster.node_name(1883), "a-1");
+    let error = |text: &str| {
+        parse(&format!("{kafka}[cluster]\n{text}"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        error("name = \"a/b\"\n"),
+        "cluster.name: '/' is not allowed (letters, digits, '.', '_' and '-' only)"
+    );
+    assert_eq!(
+        error("name = \"f\"\nkafka = \"other\"\n"),
+        "cluster.kafka: no [kafka.clusters.other] is configured"
+    );
+    assert_eq!(
+        error("name = \"f\"\npartitions = 0\n"),
+        "cluster.partitions: 0 is below the minimum of 1"
+    );
+    assert_eq!(
+        error("name = \"f\"\nreplication_factor = 0\n"),
+        "cluster.replication_factor: 0 is neither -1 (the Kafka cluster's default) nor 1 or more"
+    );
+    let no_kafka = parse("[cluster]\nname = \"f\"\n").unwrap().validate();
+    assert!(no_kafka
+        .unwrap_err()
+        .to_string()
+        .starts_with("cluster.kafka: "));
 }

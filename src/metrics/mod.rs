@@ -11,10 +11,12 @@ use std::thread;
 
 use hdrhistogram::Histogram;
 
+pub mod cluster;
 pub mod mapping;
 pub mod source;
 pub mod stats;
 
+pub use cluster::ClusterMetrics;
 pub use mapping::{MappingCounters, RefusedReason, REFUSED_ACTIONS};
 pub use source::{SourceDropped, SourceMetrics};
 use stats::StatsSnapshot;
@@ -85,6 +87,8 @@ pub struct Board {
     pub kafka_up: Vec<Arc<AtomicBool>>,
     /// The Kafka sources' counters, shared with their consumer threads.
     pub sources: Vec<Arc<SourceMetrics>>,
+    /// This node's part in a cluster, when `[cluster]` is set.
+    pub cluster: Option<Arc<ClusterMetrics>>,
 }
 
 impl Board {
@@ -100,7 +104,14 @@ impl Board {
             mappings,
             kafka_up,
             sources: Vec::new(),
+            cluster: None,
         }
+    }
+
+    /// The board with the cluster's counters on it.
+    pub fn with_cluster(mut self, cluster: Option<Arc<ClusterMetrics>>) -> Board {
+        self.cluster = cluster;
+        self
     }
 
     /// The board with `sources` on it.
@@ -362,6 +373,7 @@ pub fn render_prometheus(board: &Board) -> String {
         );
     }
     source::render(&mut out, &board.sources);
+    cluster::render(&mut out, board.cluster.as_deref());
     out
 }
 

@@ -41,7 +41,7 @@ pub enum RetainHandling {
 }
 
 impl SubscriptionOptions {
-    fn decode(byte: u8, protocol: Protocol) -> Result<SubscriptionOptions, DecodeError> {
+    pub fn decode(byte: u8, protocol: Protocol) -> Result<SubscriptionOptions, DecodeError> {
         // 3.1.1 reserves bits 7-2 [MQTT-3.8.3-4]; 5.0 reserves bits 7-6 [MQTT-3.8.3-5].
         let reserved = if protocol.is_v5() { 0xC0 } else { 0xFC };
         if byte & reserved != 0 {
@@ -69,7 +69,7 @@ impl SubscriptionOptions {
         })
     }
 
-    fn encode(&self, protocol: Protocol) -> u8 {
+    pub fn encode(&self, protocol: Protocol) -> u8 {
         let mut byte = self.qos as u8;
         if protocol.is_v5() {
             byte |= u8::from(self.no_local) << 2;

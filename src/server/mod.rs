@@ -22,10 +22,13 @@ use crate::bridge::mapping::Mappings;
 use crate::bridge::settings::ClusterSettings;
 use crate::bridge::source::{self, SourceInbox, SourceThread};
 use crate::bridge::{self, Bridge, BridgeParts, ShardProducers};
+use crate::broker;
+use crate::broker::cluster::ShardCluster;
 use crate::broker::context::{ShardContext, ShardRef};
 use crate::broker::shard::Shard;
 use crate::broker::shard_message::ShardMessage;
 use crate::broker::{accept_loop, acknowledge_deferred, inbox, ingress};
+use crate::cluster;
 use crate::config::{BatchingConfig, BrokerConfig, Config, KafkaConfig, SpoolConfig};
 use crate::metrics::stats::{ShardStats, StatsSnapshot};
 use crate::metrics::{self, Board, SourceMetrics};
@@ -80,7 +83,7 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         signal_hook::flag::register(signal, shutting_down.clone())?;
     }
     let kafka = bridge::start_producers(&config, &settings, cpus.len())?;
-    let source_metrics: Vec<Arc<SourceMetrics>> = config
+    let mut source_metrics: Vec<Arc<SourceMetrics>> = config
         .kafka
         .sources
         .iter()
@@ -89,9 +92,27 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
             Arc::new(SourceMetrics::new(&source.name, cluster))
         })
         .collect();
+    // A node of a cluster knows the cluster's state before it listens.
+    let cluster = cluster::start(&config, cpus.len()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            config
+                .shown_error(crate::config::ConfigError::new(e))
+                .to_string(),
+        )
+    })?;
+    let cluster_source_metrics = cluster::messages_source(&config).map(|source| {
+        let metrics = Arc::new(SourceMetrics::new(
+            &source.name,
+            source.cluster.as_deref().unwrap_or_default(),
+        ));
+        source_metrics.push(metrics.clone());
+        metrics
+    });
     let board = Arc::new(
         telemetry::metrics_board(&config, &settings, cpus.len())?
-            .with_sources(source_metrics.clone()),
+            .with_sources(source_metrics.clone())
+            .with_cluster(cluster.as_ref().map(|c| c.node.metrics.clone())),
     );
     let source_ends = SourceEnds::new(&config, cpus.len())?;
     let metrics_addr = match config.broker.metrics_bind {
@@ -124,8 +145,22 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
     let connections_open = Arc::new(AtomicUsize::new(0));
     // The consumers start once everything else is checked: a source's error is then the
     // only line. Records they read before the shards serve wait in the bounded inboxes.
-    let sources = source::start_sources(&config, &source_ends.inboxes, &source_metrics)
+    let mut sources = source::start_sources(&config, &source_ends.inboxes, &source_metrics)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let node = cluster.as_ref().map(|c| c.node.clone());
+    if let (Some(node), Some(metrics)) = (&node, cluster_source_metrics) {
+        let consumer =
+            cluster::start_messages_consumer(&config, node, source_ends.inboxes.clone(), metrics)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        sources.push(consumer);
+    }
+    let cluster_parts = cluster.map(|started| {
+        Arc::new(ClusterParts {
+            node: started.node,
+            snapshot: started.snapshot,
+            links: Mutex::new(started.links.into_iter().map(Some).collect()),
+        })
+    });
     let sources_done = Arc::new(AtomicBool::new(false));
     let sources_stopped =
         stop_sources_on_shutdown(sources, shutting_down.clone(), sources_done.clone());
@@ -143,6 +178,12 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
                 .expect("one producer set per shard");
             let shared = SharedParts {
                 source_inbox: source_ends.take(env.shard_id),
+                cluster: cluster_parts.clone().map(|parts| {
+                    let link = parts.links.lock().expect("cluster links")[env.shard_id]
+                        .take()
+                        .expect("one cluster link per shard");
+                    (parts, link)
+                }),
                 sources_done: sources_done.clone(),
                 config: shard_config.clone(),
                 board: board.clone(),
@@ -154,6 +195,9 @@ pub fn run_with_reload(config: Config, reload: Option<Reload>) -> io::Result<()>
         },
     );
     let _ = sources_stopped.join();
+    if let Some(node) = node {
+        node.close(PRODUCER_STOP_FLUSH);
+    }
     result?;
     info!("stopped");
     Ok(())
@@ -198,7 +242,7 @@ impl SourceEnds {
     fn new(config: &Config, shard_count: usize) -> io::Result<SourceEnds> {
         let mut inboxes = Vec::new();
         let mut ends = Vec::new();
-        if !config.kafka.sources.is_empty() {
+        if !config.kafka.sources.is_empty() || config.cluster.is_some() {
             for _ in 0..shard_count {
                 let (inbox, end) = SourceInbox::new()?;
                 inboxes.push(Arc::new(inbox));
@@ -245,8 +289,21 @@ fn stop_sources_on_shutdown(
         .expect("a thread to stop the sources")
 }
 
+/// A shard's link to the cluster's threads, with the end it waits on.
+type ShardLinkEnd = (Arc<cluster::ShardLink>, WakeEnd);
+
+/// What the cluster gives every shard: the node, the state it read at start, and one link
+/// per shard (taken by each as it starts).
+struct ClusterParts {
+    node: Arc<cluster::Node>,
+    snapshot: cluster::StateSnapshot,
+    links: Mutex<Vec<Option<ShardLinkEnd>>>,
+}
+
 /// What the shards share with each other and with the process.
 struct SharedParts {
+    /// This shard's part in a cluster, when `[cluster]` is set.
+    cluster: Option<(Arc<ClusterParts>, ShardLinkEnd)>,
     /// This shard's inbox of Kafka source records, when there are sources.
     source_inbox: Option<(Arc<SourceInbox>, WakeEnd)>,
     /// Set once the sources made their last commit: connections are closed after that,
@@ -314,6 +371,14 @@ async fn shard_main(
         source_tickets: RefCell::new(HashMap::new()),
         congestion_eased: Default::default(),
         board: shared.board.clone(),
+        cluster: shared
+            .cluster
+            .as_ref()
+            .map(|(parts, (link, _))| ShardCluster::new(parts.node.clone(), link.clone())),
+    });
+    let cluster_wake = shared.cluster.map(|(parts, (_, wake))| {
+        broker::cluster::load_snapshot(&shard, &parts.snapshot);
+        wake
     });
     // The bridge holds this for as long as the shard runs: a weak reference, so that the
     // two do not keep each other alive.
@@ -339,6 +404,9 @@ async fn shard_main(
     }
     for (_, receiver) in receivers {
         runtime::spawn(inbox::serve_inbox(shard.clone(), receiver));
+    }
+    if let Some(wake) = cluster_wake {
+        runtime::spawn(broker::cluster::serve_cluster(shard.clone(), wake));
     }
     if let Some((source_inbox, wake)) = shared.source_inbox {
         runtime::spawn(ingress::serve_sources(shard.clone(), source_inbox, wake));

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod cluster;
 pub mod kafka;
 pub mod metrics;
 pub mod ports;

@@ -21,7 +21,7 @@ use super::partitions::{Partitions, Read};
 use super::receipt::{Outcomes, Receipt};
 use super::record::{to_record, CompiledSource};
 use super::template::Unaddressable;
-use super::{shard_of, SourceInbox};
+use super::{shard_of, SourceInbox, SourceRecord};
 
 /// How often delivered offsets are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -251,6 +251,24 @@ fn handle(
     };
     metrics.consumed.fetch_add(1, Ordering::Relaxed);
     let receipt = Receipt::new(position, outcomes.clone());
+    if let Some(reader) = &source.reader {
+        let Some(read) = (reader.0)(message) else {
+            receipt.finish(false);
+            return;
+        };
+        let record = SourceRecord {
+            topic: read.topic,
+            payload: read.payload,
+            qos: read.qos,
+            retain: read.retain,
+            properties: read.properties,
+            publisher: read.publisher,
+            cross_node: read.cross_node,
+            receipt,
+        };
+        push(consumer, record, position, inboxes, outcomes, stop);
+        return;
+    }
     let record = match to_record(source, message, receipt, topic_buffer) {
         Ok(record) => record,
         Err((reason, receipt)) => {
@@ -264,8 +282,20 @@ fn handle(
             return;
         }
     };
+    push(consumer, record, position, inboxes, outcomes, stop);
+}
+
+/// Hands `record` to the shard of its partition, waiting while that shard's inbox is full.
+fn push(
+    consumer: &BaseConsumer<SourceContext>,
+    mut record: SourceRecord,
+    position: super::Position,
+    inboxes: &[Arc<SourceInbox>],
+    outcomes: &Outcomes,
+    stop: &AtomicBool,
+) {
+    let metrics = &consumer.context().metrics;
     let inbox = &inboxes[shard_of(position.partition, inboxes.len())];
-    let mut record = record;
     loop {
         match inbox.push(record) {
             Ok(()) => return,

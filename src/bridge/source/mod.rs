@@ -28,11 +28,12 @@ use bytes::Bytes;
 use crossbeam::queue::ArrayQueue;
 use rdkafka::config::ClientConfig;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SourceConfig};
 use crate::metrics::SourceMetrics;
 use crate::protocol::{MqttStr, PublishProperties, QoS};
 use crate::runtime::{self, CrossThreadWake, WakeEnd};
 
+pub use consumer::start as start_consumer;
 pub use consumer::SourceThread;
 pub use receipt::{Position, Receipt};
 pub use record::CompiledSource;
@@ -49,8 +50,50 @@ pub struct SourceRecord {
     pub qos: QoS,
     pub retain: bool,
     pub properties: PublishProperties,
+    /// The MQTT client that published it, when one did (a message from another node of a
+    /// cluster): No Local applies [MQTT-3.8.3-3]. Empty for records written by Kafka
+    /// clients.
+    pub publisher: MqttStr,
+    /// Set for a message from another node of a cluster: who here gets it.
+    pub cross_node: Option<Box<CrossNode>>,
     /// Where it comes from; finished by each shard that delivers it.
     pub receipt: Receipt,
+}
+
+/// Who on this node gets a message published on another node of the cluster.
+#[derive(Debug, Default)]
+pub struct CrossNode {
+    /// Ordinary (non-shared) subscribers.
+    pub ordinary: bool,
+    /// Shared groups whose turn fell on this node: one member here gets it.
+    pub groups: Vec<String>,
+}
+
+/// A record read by a [`RecordReader`]: everything but its receipt.
+pub struct ReadRecord {
+    pub topic: MqttStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    pub publisher: MqttStr,
+    pub cross_node: Option<Box<CrossNode>>,
+}
+
+/// Reads the records of a source whose values are whole messages rather than payloads for a
+/// topic template (the cluster's messages topic). `None`: the record is for nobody here;
+/// it is settled at once.
+#[derive(Clone)]
+pub struct RecordReader(pub Arc<ReadFn>);
+
+/// What a [`RecordReader`] calls per record.
+pub type ReadFn =
+    dyn Fn(&rdkafka::message::BorrowedMessage<'_>) -> Option<ReadRecord> + Send + Sync;
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordReader")
+    }
 }
 
 /// One shard's inbox of source records: a bounded lock-free queue filled by consumer
@@ -114,10 +157,9 @@ pub fn compile(config: &Config) -> Result<Vec<CompiledSource>, ConfigError> {
         .collect()
 }
 
-/// The librdkafka consumer configuration of source `index`: the cluster's bootstrap and
+/// The librdkafka consumer configuration of `source`: the cluster's bootstrap and
 /// properties (security included), ferrymq's consumer settings, then the source's own.
-pub fn consumer_config(config: &Config, index: usize) -> ClientConfig {
-    let source = &config.kafka.sources[index];
+pub fn consumer_config(config: &Config, source: &SourceConfig) -> ClientConfig {
     let cluster_name = config
         .kafka
         .source_cluster(source)
@@ -170,7 +212,7 @@ pub fn start_sources(
     let compiled = compile(config)?;
     let mut threads = Vec::with_capacity(compiled.len());
     for (source, metrics) in compiled.into_iter().zip(metrics) {
-        let client = consumer_config(config, usize::from(source.index));
+        let client = consumer_config(config, &config.kafka.sources[usize::from(source.index)]);
         let thread = consumer::start(source, client, inboxes.clone(), metrics.clone())
             .map_err(|error| config.shown_error(ConfigError::new(error)))?;
         threads.push(thread);

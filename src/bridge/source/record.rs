@@ -34,6 +34,8 @@ pub struct CompiledSource {
     pub message_expiry_header: Option<String>,
     pub in_flight_max: usize,
     pub start_delay: std::time::Duration,
+    /// Reads records in place of the template and headers, when set.
+    pub reader: Option<super::RecordReader>,
 }
 
 impl CompiledSource {
@@ -55,6 +57,7 @@ impl CompiledSource {
             message_expiry_header: source.message_expiry_header.clone(),
             in_flight_max: source.in_flight_max,
             start_delay: std::time::Duration::from_millis(source.start_delay_ms),
+            reader: None,
         })
     }
 
@@ -134,6 +137,8 @@ pub fn to_record(
         qos,
         retain,
         properties: properties(source, message),
+        publisher: MqttStr::default(),
+        cross_node: None,
         receipt,
     })
 }

@@ -20,7 +20,8 @@ impl Shard {
     /// Routes a message published on this shard: delivers to local subscribers and shared
     /// groups whose turn is here, and says which other shards must get it.
     pub fn route(&mut self, message: &Rc<Message>, now: Instant) -> RemoteTargets {
-        let (local, mut targets) = self.interested(&message.topic);
+        let (mut local, mut targets) = self.interested(&message.topic);
+        self.add_nodes(&message.topic, &mut local, &mut targets);
         if local.normal {
             self.deliver_local(message, now);
         }

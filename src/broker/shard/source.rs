@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::bridge::source::{Position, Receipt};
+use crate::bridge::source::{CrossNode, Position, Receipt};
 use crate::protocol::QoS;
 
 use super::delivery::shared_delivery;
@@ -28,17 +28,32 @@ pub enum SourceRouting {
 impl Shard {
     /// Routes a record read from Kafka on the shard its partition is given to: delivers it
     /// here when every session it goes to has room, and says which shards get it next.
+    /// A message from another node of the cluster (`cross_node`) goes to the subscribers
+    /// it names here and to no other node; a Kafka source's record goes to other nodes'
+    /// subscribers too.
     pub fn route_from_source(
         &mut self,
         message: &Rc<Message>,
         receipt: &Receipt,
+        cross_node: Option<&CrossNode>,
         now: Instant,
     ) -> SourceRouting {
         let position = receipt.position();
         if self.source_blocked(position) {
             return SourceRouting::Refused;
         }
-        let (local, targets) = self.interested(&message.topic);
+        let (mut local, mut targets) = self.interested(&message.topic);
+        match cross_node {
+            Some(cross) => {
+                if !cross.ordinary {
+                    local.normal = false;
+                    targets.shards.clear();
+                }
+                local.shared_groups.retain(|g| cross.groups.contains(g));
+                targets.shared.retain(|(_, g)| cross.groups.contains(g));
+            }
+            None => self.add_nodes(&message.topic, &mut local, &mut targets),
+        }
         let groups: Vec<&str> = local.shared_groups.iter().map(String::as_str).collect();
         match self.deliver_if_room(message, local.normal, &groups, receipt, now) {
             Some(delivered) => SourceRouting::Delivered {
