@@ -182,11 +182,13 @@ impl ShardLink {
         self.completions.pop()
     }
 
-    /// Queues `update`, waiting while the shard's queue is full.
-    fn push_update(&self, mut update: Update) {
+    /// Queues `update`, waiting while the shard's queue is full, unless the node is
+    /// stopping (its shards may serve no more: the update would never be taken).
+    fn push_update(&self, mut update: Update, stop: &std::sync::atomic::AtomicBool) {
         loop {
             match self.updates.push(update) {
                 Ok(()) => break,
+                Err(_) if stop.load(Ordering::Acquire) => return,
                 Err(back) => {
                     update = back;
                     self.wake.wake();
@@ -669,4 +671,56 @@ pub fn start_messages_consumer(
     compiled.reader = Some(messages_reader(node.name.clone(), node.metrics.clone()));
     let client = consumer_config(config, &source);
     start_consumer(compiled, client, inboxes, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn interest(filter: &str) -> Update {
+        Update::Interest {
+            node: 0,
+            node_name: Arc::from("b"),
+            filter: filter.to_string(),
+            added: true,
+        }
+    }
+
+    #[test]
+    fn a_full_shard_queue_holds_the_reader_until_the_node_stops() {
+        let (link, _end) = ShardLink::new().unwrap();
+        let running = AtomicBool::new(false);
+        for i in 0..SHARD_UPDATES_MAX {
+            link.push_update(interest(&format!("f/{i}")), &running);
+        }
+        // Full: a stopping node's reader gives up instead of waiting for ever.
+        let stopping = AtomicBool::new(true);
+        link.push_update(interest("one/more"), &stopping);
+        assert!(link.pop_update().is_some());
+        let mut left = 1;
+        while link.pop_update().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, SHARD_UPDATES_MAX);
+    }
+
+    #[test]
+    fn an_owner_record_reads_back_with_its_will() {
+        let owner = Owner {
+            node: "n1".into(),
+            generation: 42,
+            will: Some(Bytes::from_static(b"\x01will\nwith newline")),
+        };
+        assert_eq!(
+            Owner::decode(&owner.encode(true)),
+            Some((owner.clone(), true))
+        );
+        let plain = Owner {
+            will: None,
+            ..owner
+        };
+        assert_eq!(Owner::decode(&plain.encode(false)), Some((plain, false)));
+        assert_eq!(Owner::decode(b"n1 notanumber 0"), None);
+    }
 }

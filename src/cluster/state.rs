@@ -456,7 +456,7 @@ fn run(
             for will in take_dead_sessions(node) {
                 // Wills go through one shard: it publishes them as a client's would be.
                 if let Some(link) = links.first() {
-                    link.push_update(Update::DeadWill(will));
+                    link.push_update(Update::DeadWill(will), stop);
                 }
             }
         }
@@ -487,7 +487,7 @@ fn run(
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         if let Some(update) = tables.apply(&key, message.payload(), true) {
             for link in links {
-                link.push_update(update.clone());
+                link.push_update(update.clone(), stop);
             }
         }
     }
