@@ -446,3 +446,30 @@ fn records_of_a_kafka_source_reach_subscribers_on_every_node() {
         assert_eq!(got, expected);
     }
 }
+
+/// [MQTT-3.1.2-23]: a session lives for its Session Expiry Interval after its connection
+/// closes, on whichever node the client comes back to: back in time on another node, it is
+/// there (Session Present 1); back later, it is gone (Session Present 0).
+#[test]
+fn session_expiry_holds_across_nodes() {
+    let cluster = Cluster::start(2);
+    let connect = |node: usize, id: &str| {
+        let mut options = options5(cluster.port(node), id);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(2));
+        connect5_with(options)
+    };
+    for id in ["expiry-early", "expiry-late"] {
+        let mut first = connect(0, id);
+        first.client.subscribe("exp/#", QoS::AtLeastOnce).unwrap();
+        first.wait_suback();
+        first.disconnect();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let early = connect(1, "expiry-early");
+    assert!(early.connack.session_present, "back within the interval");
+    std::thread::sleep(Duration::from_secs(3));
+    let late = connect(1, "expiry-late");
+    assert!(!late.connack.session_present, "back after the interval");
+}
