@@ -30,8 +30,32 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A node whose last heartbeat is older is not counted among the members, and is taken
 /// for dead.
 pub const MEMBER_TIMEOUT_MS: i64 = 10_000;
+/// How often the reader samples its lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 /// How often the reader looks for nodes that died with sessions.
 const DEATH_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Records of the state topic after the reader's position, over all partitions; None
+/// when Kafka does not answer.
+fn lag(consumer: &BaseConsumer, topic: &str, partitions: &[i32]) -> Option<u64> {
+    let positions = consumer.position().ok()?;
+    let mut lag = 0u64;
+    for &partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(1))
+            .ok()?;
+        let position = positions
+            .find_partition(topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(at) => Some(at),
+                _ => None,
+            })
+            // Nothing read from it yet: its records start at the low watermark.
+            .unwrap_or(low);
+        lag += (high - position).max(0) as u64;
+    }
+    Some(lag)
+}
 
 /// Sessions of nodes that died (no heartbeat for [`MEMBER_TIMEOUT_MS`]), when this node is
 /// the one to deal with them (the first living node by name, so that one node does):
@@ -446,10 +470,17 @@ fn run(
     }
     let mut last_heartbeat = Instant::now();
     let mut last_death_check = Instant::now();
+    let mut last_lag = Instant::now();
     while !stop.load(Ordering::Acquire) {
         if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
             node.send_state(&heartbeat_key, Some(heartbeat().as_bytes()));
             last_heartbeat = Instant::now();
+        }
+        if last_lag.elapsed() >= LAG_EVERY {
+            last_lag = Instant::now();
+            if let Some(lag) = lag(consumer, topic, &partitions) {
+                metrics.state_lag.store(lag, Ordering::Relaxed);
+            }
         }
         if last_death_check.elapsed() >= DEATH_CHECK_EVERY {
             last_death_check = Instant::now();

@@ -33,6 +33,8 @@ pub struct ClusterMetrics {
     pub remote_filters: AtomicU64,
     /// Retained messages known cluster-wide.
     pub retained: AtomicU64,
+    /// Records of the state topic not read yet (every partition, sampled every 5 s).
+    pub state_lag: AtomicU64,
     /// How long reading the state topic took at start, in milliseconds.
     pub catch_up_ms: AtomicU64,
     /// Records read at start.
@@ -67,6 +69,7 @@ impl ClusterMetrics {
             state_send_failed: AtomicU64::new(0),
             remote_filters: AtomicU64::new(0),
             retained: AtomicU64::new(0),
+            state_lag: AtomicU64::new(0),
             catch_up_ms: AtomicU64::new(0),
             catch_up_records: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -94,7 +97,8 @@ pub fn render(out: &mut String, metrics: Option<&ClusterMetrics>) {
         escape(&m.cluster),
         escape(&m.node)
     );
-    let families: [(&str, &str, &AtomicU64); 17] = [
+    let families: [(&str, &str, &AtomicU64); 18] = [
+        ("state_lag", "gauge", &m.state_lag),
         ("sessions_moved_in_total", "counter", &m.sessions_moved_in),
         ("sessions_moved_out_total", "counter", &m.sessions_moved_out),
         ("handover_timeouts_total", "counter", &m.handover_timeouts),
