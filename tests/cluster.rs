@@ -82,6 +82,12 @@ fn a_publish_on_one_node_reaches_subscribers_on_the_others_with_its_qos_and_in_o
         }
     }
     assert!(cluster.metric(0, "messages_sent_total") >= 3 * rounds as u64);
+    // Every record Kafka answered for gave its place back (the bound on what is in flight).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.metric(0, "records_in_flight") > 0 {
+        assert!(Instant::now() < deadline, "records still counted in flight");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(cluster.metric(1, "messages_received_total") >= 3 * rounds as u64);
 }
 

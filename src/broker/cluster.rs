@@ -1,7 +1,8 @@
 //! A shard's part in a cluster (`crate::cluster`): it writes the messages other nodes want
 //! to the messages topic (the publisher's PUBACK/PUBREC waits for Kafka), writes its
-//! interest changes and retained messages to the state topic, and applies what the state
-//! reader and the producer send back.
+//! interest changes, retained messages and sessions' owners to the state topic, takes
+//! sessions over from other nodes and hands them over (`shard/handover.rs` moves their
+//! contents), and applies what the state reader and the producer send back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -82,19 +83,23 @@ impl ShardCluster {
             self.room.wait(Duration::from_millis(100)).await;
         }
         self.in_flight.set(self.in_flight.get() + 1);
+        self.node
+            .metrics
+            .records_in_flight
+            .fetch_add(1, Ordering::Relaxed);
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         Some(ticket)
     }
 
-    /// Gives back a place taken by [`ShardCluster::reserve`] for a record never sent.
+    /// Gives back a place taken by [`ShardCluster::reserve`] (for a record never sent, or
+    /// one Kafka answered for).
     fn release(&self) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
-    }
-
-    /// Records in flight to the messages topic, for the gauges.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.get()
+        self.node
+            .metrics
+            .records_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -135,9 +140,7 @@ pub async fn serve_cluster(shard: ShardRef, wake: WakeEnd) {
     };
     loop {
         while let Some(completion) = cluster.link.pop_completion() {
-            cluster
-                .in_flight
-                .set(cluster.in_flight.get().saturating_sub(1));
+            cluster.release();
             let waiter = cluster.waiting.borrow_mut().remove(&completion.ticket);
             match waiter {
                 Some(Waiter::Publish(ack)) => {

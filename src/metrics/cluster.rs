@@ -21,6 +21,9 @@ pub struct ClusterMetrics {
     pub messages_sent: AtomicU64,
     /// Of those, Kafka refused or lost (the publisher of a QoS 1/2 one was told).
     pub messages_send_failed: AtomicU64,
+    /// Records (messages, retained messages) on their way to Kafka whose answer a shard
+    /// waits for; at most `SEND_IN_FLIGHT_MAX` (10,000) per shard.
+    pub records_in_flight: AtomicU64,
     /// QoS 0 messages for other nodes dropped because this node had too many in flight.
     pub messages_dropped_in_flight_full: AtomicU64,
     /// Messages from other nodes read from the messages topic.
@@ -63,6 +66,7 @@ impl ClusterMetrics {
             members: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             messages_send_failed: AtomicU64::new(0),
+            records_in_flight: AtomicU64::new(0),
             messages_dropped_in_flight_full: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             state_records: AtomicU64::new(0),
@@ -97,7 +101,8 @@ pub fn render(out: &mut String, metrics: Option<&ClusterMetrics>) {
         escape(&m.cluster),
         escape(&m.node)
     );
-    let families: [(&str, &str, &AtomicU64); 18] = [
+    let families: [(&str, &str, &AtomicU64); 19] = [
+        ("records_in_flight", "gauge", &m.records_in_flight),
         ("state_lag", "gauge", &m.state_lag),
         ("sessions_moved_in_total", "counter", &m.sessions_moved_in),
         ("sessions_moved_out_total", "counter", &m.sessions_moved_out),
