@@ -479,3 +479,29 @@ fn session_expiry_holds_across_nodes() {
     let late = connect(1, "expiry-late");
     assert!(!late.connack.session_present, "back after the interval");
 }
+
+/// Local traffic stays cheap: a message whose subscribers are all on the publishing node
+/// never goes to Kafka (nor waits for it); one that another node wants does.
+#[test]
+fn only_messages_other_nodes_want_go_through_kafka() {
+    let cluster = Cluster::start(2);
+    let _remote = subscriber(cluster.port(1), "far-sub", "far/#", 1);
+    cluster.wait_remote_filters(0, 1);
+    let mut near = subscriber(cluster.port(0), "near-sub", "near/#", 1);
+    let mut publisher = connect5_with(options5(cluster.port(0), "near-pub"));
+    for i in 0..10 {
+        publisher
+            .client
+            .publish("near/x", QoS::AtLeastOnce, false, format!("n{i}"))
+            .unwrap();
+        publisher.wait_acked(1);
+    }
+    assert_eq!(near.publishes(10).len(), 10);
+    assert_eq!(cluster.metric(0, "messages_sent_total"), 0, "local only");
+    publisher
+        .client
+        .publish("far/x", QoS::AtLeastOnce, false, "f")
+        .unwrap();
+    publisher.wait_acked(1);
+    assert_eq!(cluster.metric(0, "messages_sent_total"), 1, "for node 1");
+}
