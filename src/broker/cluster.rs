@@ -116,8 +116,8 @@ pub fn load_snapshot(shard: &ShardContext, snapshot: &StateSnapshot) {
     }
 }
 
-/// An envelope read back as a message.
-fn message_of(envelope: Envelope, now: Instant) -> Message {
+/// An envelope read back as a message (from another node, the state topic, a hand-over).
+pub(super) fn message_of(envelope: Envelope, now: Instant) -> Message {
     Message {
         expires_at: envelope
             .properties

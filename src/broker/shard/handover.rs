@@ -14,7 +14,7 @@
 //! delivery: u8 QoS, u8 retain, u8 identifiers + u32 each, u32 length + envelope
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -23,6 +23,7 @@ use crate::metrics::stats::ShardStats;
 use crate::protocol::{MqttStr, Protocol, QoS, ReasonCode, SubscriptionOptions};
 
 use super::{will_message, InterestChange, Shard};
+use crate::broker::cluster::message_of;
 use crate::broker::message::Message;
 use crate::broker::session::{
     Delivery, Outbound, OutboundState, Session, SourceAck, SubscriptionEntry,
@@ -272,20 +273,8 @@ fn get_delivery(buf: &mut &[u8], now: Instant) -> Result<Delivery, String> {
     }
     let envelope = Envelope::decode(&buf[..len])?;
     buf.advance(len);
-    let message = Message {
-        expires_at: envelope
-            .properties
-            .message_expiry_interval_secs
-            .map(|secs| now + Duration::from_secs(secs.into())),
-        topic: envelope.topic,
-        payload: envelope.payload,
-        qos: envelope.qos,
-        retain: envelope.retain,
-        properties: envelope.properties,
-        publisher: envelope.publisher,
-    };
     Ok(Delivery {
-        message: std::rc::Rc::new(message),
+        message: std::rc::Rc::new(message_of(envelope, now)),
         qos,
         retain,
         subscription_ids,
