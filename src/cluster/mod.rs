@@ -174,6 +174,11 @@ impl ShardLink {
         ))
     }
 
+    /// Updates waiting for the shard.
+    pub fn updates_queued(&self) -> usize {
+        self.updates.len()
+    }
+
     pub fn pop_update(&self) -> Option<Update> {
         self.updates.pop()
     }

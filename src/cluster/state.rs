@@ -500,6 +500,10 @@ fn run(
         metrics
             .retained
             .store(tables.retained.len() as u64, Ordering::Relaxed);
+        let queued: usize = links.iter().map(|link| link.updates_queued()).sum();
+        metrics
+            .state_updates_queued
+            .store(queued as u64, Ordering::Relaxed);
         let sessions = node.directory.lock().expect("directory").owners.len();
         metrics
             .sessions_known

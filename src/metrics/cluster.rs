@@ -36,6 +36,8 @@ pub struct ClusterMetrics {
     pub remote_filters: AtomicU64,
     /// Retained messages known cluster-wide.
     pub retained: AtomicU64,
+    /// State updates waiting for the shards (bounded at 4,096 per shard).
+    pub state_updates_queued: AtomicU64,
     /// Records of the state topic not read yet (every partition, sampled every 5 s).
     pub state_lag: AtomicU64,
     /// How long reading the state topic took at start, in milliseconds.
@@ -73,6 +75,7 @@ impl ClusterMetrics {
             state_send_failed: AtomicU64::new(0),
             remote_filters: AtomicU64::new(0),
             retained: AtomicU64::new(0),
+            state_updates_queued: AtomicU64::new(0),
             state_lag: AtomicU64::new(0),
             catch_up_ms: AtomicU64::new(0),
             catch_up_records: AtomicU64::new(0),
@@ -101,7 +104,8 @@ pub fn render(out: &mut String, metrics: Option<&ClusterMetrics>) {
         escape(&m.cluster),
         escape(&m.node)
     );
-    let families: [(&str, &str, &AtomicU64); 19] = [
+    let families: [(&str, &str, &AtomicU64); 20] = [
+        ("state_updates_queued", "gauge", &m.state_updates_queued),
         ("records_in_flight", "gauge", &m.records_in_flight),
         ("state_lag", "gauge", &m.state_lag),
         ("sessions_moved_in_total", "counter", &m.sessions_moved_in),
