@@ -115,7 +115,11 @@ impl Broker {
                 let port = free_port();
                 match Broker::try_start(args, capture_stderr, open_files, port, envs) {
                     Ok(broker) => return broker,
-                    Err(text) if text.contains("Address already in use") => {
+                    // ferrymq names the port's owner when it can ("cannot listen on ...").
+                    Err(text)
+                        if text.contains("Address already in use")
+                            || text.contains("cannot listen on") =>
+                    {
                         eprintln!("port {port} was taken before ferrymq bound it; another port");
                     }
                     Err(text) => panic!("ferrymq did not start: {text}"),

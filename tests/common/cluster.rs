@@ -66,14 +66,15 @@ impl Cluster {
         }
     }
 
-    /// Starts node `node` again on its port, with its configuration.
+    /// Starts node `node` again with its configuration (its name, so the same node of the
+    /// cluster), on a free port: its old one may have been taken meanwhile by another
+    /// test's broker.
     pub fn restart(&mut self, node: usize) {
         let node = &mut self.nodes[node];
         assert!(node.broker.is_none(), "stop the node first");
-        node.broker = Some(Broker::start_on(
-            node.port,
-            &["--config", node.config.path_str()],
-        ));
+        let broker = Broker::start_with(&["--config", node.config.path_str()]);
+        node.port = broker.port;
+        node.broker = Some(broker);
     }
 
     /// The value of the cluster metric `name` (`ferrymq_cluster_NAME`) on node `node`.
